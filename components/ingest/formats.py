@@ -46,7 +46,7 @@ _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 
 def read_dataset(ds: DatasetParams, root: Path) -> tuple[Frames, list[str]]:
     """Read the configured dataset; returns the frames and notes (ignored columns, null years...)."""
-    folder = ds.path if Path(ds.path).is_absolute() else root / ds.path
+    folder = Path(ds.path) if Path(ds.path).is_absolute() else root / ds.path
     if not folder.is_dir():
         raise IngestError(f"{folder}: dataset folder not found (dataset.path in params.yaml)")
     reader = {"recbole": _read_recbole, "grouplens": _read_grouplens, "generic": _read_generic}
