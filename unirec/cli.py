@@ -47,7 +47,10 @@ def _overrides(pairs: list[str] | None) -> dict[str, object]:
 
 
 def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: Callable[[object], object]) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Our own loggers speak at INFO; third-party libraries (GX, DVC, pandera) only at WARNING.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("components", "unirec", "flows"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.INFO)
     from components.config import load_params
 
     start = time.perf_counter()
