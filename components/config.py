@@ -213,6 +213,68 @@ class TextualizeParams(_Strict):
         return self
 
 
+class TinyBackboneParams(_Strict):
+    hidden_size: int = Field(ge=8)
+    intermediate_size: int = Field(ge=8)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1)
+    vocab_size: int = Field(ge=64)
+    seed: int
+
+
+class BackboneParams(_Strict):
+    source: Literal["gguf", "hf_dir", "tiny"]
+    gguf_file: str
+    hf_dir: str | None = None
+    cache_dir: str
+    num_layers: int | None = Field(default=None, ge=1)
+    dtype: Literal["float32", "bfloat16"]
+    tiny: TinyBackboneParams
+
+    @model_validator(mode="after")
+    def _hf_dir_needed(self) -> "BackboneParams":
+        if self.source == "hf_dir" and not self.hf_dir:
+            raise ValueError("backbone.source is 'hf_dir' but backbone.hf_dir is null")
+        return self
+
+
+class EmbedItemsParams(_Strict):
+    encoder: Literal["backbone", "hf_dir"]
+    encoder_dir: str | None = None
+    batch_size: int = Field(ge=1)
+    max_tokens: int = Field(ge=4)
+    out_dir: str
+    extra_modalities: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _encoder_dir_needed(self) -> "EmbedItemsParams":
+        if self.encoder == "hf_dir" and not self.encoder_dir:
+            raise ValueError("embed_items.encoder is 'hf_dir' but embed_items.encoder_dir is null")
+        return self
+
+
+class ModelParams(_Strict):
+    item_token: str
+    user_token: str
+    lm_token: str
+    num_user_tokens: int = Field(ge=1)
+    id_dim: int = Field(ge=1)
+    fusion_dim: int = Field(ge=1)
+    retrieval_dim: int = Field(ge=1)
+    modality_dropout: float = Field(ge=0.0, lt=1.0)
+    temperature: float = Field(gt=0.0)
+    num_negatives: int = Field(ge=0)
+
+
+class IndexParams(_Strict):
+    kind: Literal["torch", "flat", "ivf", "hnsw"]
+    ivf_nlist: int = Field(ge=1)
+    ivf_nprobe: int = Field(ge=1)
+    hnsw_m: int = Field(ge=2)
+    hnsw_ef_search: int = Field(ge=1)
+
+
 class Params(_Strict):
     seed: int
     paths: PathsParams
@@ -222,6 +284,10 @@ class Params(_Strict):
     validate_: ValidateParams = Field(alias="validate")
     split: SplitParams
     textualize: TextualizeParams
+    backbone: BackboneParams
+    embed_items: EmbedItemsParams
+    model: ModelParams
+    index: IndexParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 
