@@ -219,7 +219,8 @@ class TinyBackboneParams(_Strict):
     num_layers: int = Field(ge=1)
     num_heads: int = Field(ge=1)
     num_kv_heads: int = Field(ge=1)
-    vocab_size: int = Field(ge=64)
+    vocab_size: int = Field(ge=300)
+    max_positions: int = Field(ge=8)
     seed: int
 
 
@@ -246,6 +247,7 @@ class EmbedItemsParams(_Strict):
     max_tokens: int = Field(ge=4)
     out_dir: str
     extra_modalities: dict[str, str] = {}
+    autocast_bf16: bool = True
 
     @model_validator(mode="after")
     def _encoder_dir_needed(self) -> "EmbedItemsParams":
@@ -265,6 +267,7 @@ class ModelParams(_Strict):
     modality_dropout: float = Field(ge=0.0, lt=1.0)
     temperature: float = Field(gt=0.0)
     num_negatives: int = Field(ge=0)
+    l2_normalize: bool
 
 
 class IndexParams(_Strict):
@@ -272,7 +275,57 @@ class IndexParams(_Strict):
     ivf_nlist: int = Field(ge=1)
     ivf_nprobe: int = Field(ge=1)
     hnsw_m: int = Field(ge=2)
+    hnsw_ef_construction: int = Field(ge=1)
     hnsw_ef_search: int = Field(ge=1)
+
+
+class LoraParams(_Strict):
+    enabled: bool
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(min_length=1)
+
+
+class TrainParams(_Strict):
+    task_weights: dict[str, float]
+    batch_size: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    embedding_lr: float = Field(ge=0.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_steps: int = Field(ge=0)
+    grad_clip: float = Field(ge=0.0)
+    max_prompt_tokens: int = Field(ge=8)
+    max_target_tokens: int = Field(ge=1)
+    accelerator: str
+    devices: int = Field(ge=1)
+    strategy: str
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    num_threads: int = Field(ge=0)
+    val_examples_per_task: int = Field(ge=0)
+    val_check_interval: int = Field(ge=1)
+    checkpoint_every_n_steps: int = Field(ge=1)
+    resume: bool
+    log_every_n_steps: int = Field(ge=1)
+    out_dir: str
+    checkpoint_dir: str
+    seed_offset: int
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 with at least one > 0")
+        return v
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str
+    experiment: str | None = None
 
 
 class Params(_Strict):
@@ -288,10 +341,23 @@ class Params(_Strict):
     embed_items: EmbedItemsParams
     model: ModelParams
     index: IndexParams
+    lora: LoraParams
+    train: TrainParams
+    mlflow: MlflowParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def tracking_uri(self) -> str:
+        """`mlflow.tracking_uri` with a relative sqlite path anchored at `root` (absolute URIs unchanged)."""
+        uri = self.mlflow.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            return f"sqlite:///{(self.root / uri[len('sqlite:///'):]).resolve()}"
+        return uri
+
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.dataset.name
 
     def resolve(self, path: str | Path) -> Path:
         """Anchor a (possibly relative) configured path at `root`."""

@@ -23,25 +23,28 @@ TINY_OVERRIDES: dict[str, object] = {
     "dataset.path": "data/raw/tiny",
     "dataset.recbole.prefix": "tiny",
     "split.cold_item_fraction": 0.1,
+    "backbone.num_layers": None,  # the tiny test Llama has its own depth (backbone.tiny.num_layers)
 }
+
+
+def params_in(folder: Path, overrides: dict[str, object] | None = None, dataset_dir: Path | None = TINY) -> Params:
+    """Params from the real params.yaml copied into `folder` (so every output lands there), shrunk by
+    dotted `overrides`; the tiny RecBole fixture is copied to `data/raw/tiny` and used by default."""
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    if dataset_dir is not None:
+        target = folder / "data" / "raw" / "tiny"
+        if not target.exists():
+            shutil.copytree(dataset_dir, target)
+    merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"), **(overrides or {})}
+    return load_params(folder / "params.yaml", merged)
 
 
 @pytest.fixture
 def make_params(tmp_path: Path) -> Callable[..., Params]:
-    """Build Params from the real params.yaml copied into `tmp_path` (so every output lands there).
-
-    Call with dotted overrides; the tiny RecBole fixture is copied to `data/raw/tiny` and used by default.
-    """
+    """Factory: `make_params(overrides)` → Params whose outputs go under this test's `tmp_path`."""
 
     def factory(overrides: dict[str, object] | None = None, *, dataset_dir: Path | None = TINY) -> Params:
-        shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-        if dataset_dir is not None:
-            target = tmp_path / "data" / "raw" / "tiny"
-            if not target.exists():
-                shutil.copytree(dataset_dir, target)
-        merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
-                  **(overrides or {})}
-        return load_params(tmp_path / "params.yaml", merged)
+        return params_in(tmp_path, overrides, dataset_dir)
 
     return factory
 

@@ -23,7 +23,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 app = typer.Typer(
     help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
-    "Pipeline steps in order: fetch → ingest → validate → split → textualize. "
+    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train. "
     "Run them all with `dvc repro` (or `make run`).",
     no_args_is_help=True,
     add_completion=False,
@@ -115,6 +115,27 @@ def textualize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, deb
     from components.textualize import textualize as step
 
     _run("textualize", params, set_, debug, step)
+
+
+@app.command("embed-items")
+def embed_items(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Embed every item's text (data/examples/item_text.parquet) with the frozen backbone (mean-pooled
+    last hidden states; backbone.num_layers applies) or another local encoder (embed_items.encoder);
+    write text.npy (row i = item idx i), the item id map, validated extra-modality .npy files and
+    meta.json to embed_items.out_dir. The first run with backbone.source gguf also dequantises the GGUF
+    once into backbone.cache_dir."""
+    from components.embed_items import embed_items as step
+
+    _run("embed-items", params, set_, debug, step)
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Multitask LoRA training of the universal model with Lightning (task mixture from
+    train.task_weights, MLflow logging, checkpoints + resume). Writes the adapter, fusion/head
+    weights and item vectors to train.out_dir and metrics/train.json."""
+    from components.train import train as step
+
+    _run("train", params, set_, debug, step)
 
 
 def main() -> None:  # pragma: no cover - console entry point

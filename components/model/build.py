@@ -1,0 +1,145 @@
+"""Assemble a `UniversalRecModel` from params, and save / reload its trained artefacts.
+
+Trainable parts: LoRA adapters (PEFT; or the whole backbone with `lora.enabled: false`), the input
+rows of the three special tokens (`UniversalRecModel.special_rows`), `ItemFusion` (ID table + modality MLPs), `SetQueryHead`, `ItemProjection`.
+Frozen: the backbone weights and the item text (and extra-modality) embeddings.
+
+Artefacts (``train.out_dir``): ``adapter/`` (PEFT ``save_pretrained``: adapter_config.json +
+adapter_model.safetensors), ``modules.safetensors`` (fusion, heads, special-token embedding rows),
+``item_vectors.npy`` (output item vectors of the whole catalogue, eval mode) and ``model.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from components.config import Params
+from components.model.backbone import Backbone, load_backbone
+from components.model.fusion import ItemFusion
+from components.model.heads import ItemProjection, SetQueryHead
+from components.model.prompting import PromptSpec, make_spec
+from components.model.universal import UniversalRecModel
+
+MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows")
+
+
+@dataclass
+class Built:
+    model: UniversalRecModel
+    backbone: Backbone
+    spec: PromptSpec
+
+
+def item_statistics(params: Params, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`id_known` (N,) bool: item has training interactions, `log_prob` (N,) of train frequency, +1 smoothed)."""
+    train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet", columns=["item_idx"])
+    counts = np.bincount(train["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
+    id_known = torch.from_numpy(counts > 0)
+    log_prob = torch.from_numpy(np.log((counts + 1.0) / (counts + 1.0).sum()))
+    return id_known, log_prob
+
+
+def load_modalities(params: Params) -> dict[str, torch.Tensor]:
+    """Frozen item tables from `embed_items.out_dir`: text.npy plus every extra modality, `(N, d_m)` each."""
+    folder = params.resolve(params.embed_items.out_dir)
+    names = ["text", *params.embed_items.extra_modalities]
+    missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {missing}.npy; run `unirec embed-items` first")
+    return {n: torch.from_numpy(np.load(folder / f"{n}.npy").astype(np.float32)) for n in names}
+
+
+def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bool = True) -> Built:
+    """Backbone (+ fresh LoRA when `apply_lora`) + fusion + heads, ready to train; special-token rows trainable."""
+    torch.manual_seed(params.seed + params.train.seed_offset)
+    backbone = backbone or load_backbone(params)
+    modalities = load_modalities(params)
+    n_items = next(iter(modalities.values())).shape[0]
+    id_known, log_prob = item_statistics(params, n_items)
+    llm = backbone.model
+    if params.lora.enabled and apply_lora:
+        target = params.lora.target_modules
+        config = LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
+                            target_modules=target[0] if target == ["all-linear"] else target,
+                            task_type="CAUSAL_LM")
+        llm = get_peft_model(llm, config)
+    elif not params.lora.enabled:
+        for p in llm.parameters():
+            p.requires_grad_(True)
+    backbone.model.get_input_embeddings().weight.requires_grad_(False)  # special rows live in the model
+    h = backbone.hidden_size
+    spec = make_spec(backbone.tokenizer, backbone.special_ids, params.model.num_user_tokens,
+                     params.train.max_prompt_tokens, params.train.max_target_tokens)
+    model = UniversalRecModel(
+        llm=llm,
+        fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known),
+        user_head=SetQueryHead.from_params(params.model, h),
+        item_head=ItemProjection.from_params(params.model, h),
+        verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
+        num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids)
+    return Built(model=model, backbone=backbone, spec=spec)
+
+
+def trainable_summary(model: UniversalRecModel) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"parameters": total, "trainable": trainable}
+
+
+def module_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
+    """Fusion/head weights and the special-token rows (what the LoRA adapter does not hold)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(MODULE_PREFIXES)}
+
+
+def save_artifacts(built: Built, params: Params, out_dir: Path) -> dict[str, str]:
+    """Write adapter, modules, item vectors and model.json under `out_dir`; returns the file map."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = built.model
+    files = {"modules": str(out_dir / "modules.safetensors"), "item_vectors": str(out_dir / "item_vectors.npy")}
+    if params.lora.enabled:
+        # the (resized) embedding matrix is frozen and rebuilt identically at load: keep it out of the adapter
+        model.llm.save_pretrained(out_dir / "adapter", save_embedding_layers=False)
+        files["adapter"] = str(out_dir / "adapter")
+    else:
+        model.causal_lm().save_pretrained(out_dir / "backbone_full")
+        files["backbone_full"] = str(out_dir / "backbone_full")
+    save_file(module_state(model), files["modules"])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        np.save(files["item_vectors"], model.item_vectors().float().cpu().numpy())
+    model.train(was_training)
+    meta = {"backbone": built.backbone.name, "source": built.backbone.source, "layers": built.backbone.num_layers,
+            "special_ids": built.backbone.special_ids, "lora": params.lora.model_dump(),
+            "n_items": model.n_items, "retrieval_dim": params.model.retrieval_dim}
+    (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return files
+
+
+def load_trained(params: Params, out_dir: Path | None = None) -> Built:
+    """Rebuild the model from params and load the saved artefacts (inverse of `save_artifacts`)."""
+    out_dir = out_dir or params.resolve(params.train.out_dir)
+    if not (out_dir / "modules.safetensors").is_file():
+        raise FileNotFoundError(f"{out_dir}: no trained model (modules.safetensors); run `unirec train` first")
+    backbone = load_backbone(params)
+    if not params.lora.enabled:
+        backbone.model = type(backbone.model).from_pretrained(out_dir / "backbone_full")
+    built = build_model(params, backbone, apply_lora=False)
+    if params.lora.enabled:
+        built.model.llm = PeftModel.from_pretrained(backbone.model, out_dir / "adapter")
+    state = load_file(out_dir / "modules.safetensors")
+    missing = built.model.load_state_dict(state, strict=False)
+    bad = [k for k in missing.missing_keys if k.startswith(MODULE_PREFIXES)]
+    if bad or missing.unexpected_keys:
+        raise RuntimeError(f"{out_dir}/modules.safetensors does not match the model: missing {bad}, "
+                           f"unexpected {missing.unexpected_keys}")
+    built.model.eval()
+    return built

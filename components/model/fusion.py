@@ -1,0 +1,146 @@
+"""URM item fusion: every item modality → its own MLP → sum → RMSNorm → MLP → the LLM's input width.
+
+Modalities of item `i`:
+- `id`: a trainable embedding row of width `id_dim`, used only when `id_known[i]` (items seen in
+  training); cold items, dropped items and items with `drop_id` use the frozen modalities alone;
+- frozen tables `(N, d_m)` given as tensors (`text` always, optionally e.g. `image`), registered
+  as buffers so they never receive gradients and never appear in `parameters()`.
+
+Every modality MLP is `Linear(d_in, fusion_dim) → GELU → Linear(fusion_dim, fusion_dim)`; the
+output MLP is `Linear(fusion_dim, fusion_dim) → GELU → Linear(fusion_dim, hidden_size)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from components.config import ModelParams
+
+ID_MODALITY = "id"
+"""Name of the trainable item-ID modality (reserved; frozen modalities use other names)."""
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """Two-layer MLP `(..., d_in) -> (..., d_out)` with a GELU between."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class ItemFusion(nn.Module):
+    """Fused item vectors `(..., hidden_size)` that replace `[ITEM]` placeholders in `inputs_embeds`.
+
+    Args:
+        n_items: N, catalogue size (row i of every table is item index i).
+        id_dim: width of the trainable ID embedding.
+        fusion_dim: common width every modality MLP maps to.
+        hidden_size: H, the backbone's hidden width.
+        frozen_modalities: name -> `(N, d_m)` float tensor (at least one, e.g. `{"text": ...}`).
+        id_known: `(N,)` bool, True where the ID embedding is trained (False for cold items).
+        modality_dropout: training-mode probability of dropping an item's ID modality.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        id_dim: int,
+        fusion_dim: int,
+        hidden_size: int,
+        frozen_modalities: dict[str, Tensor],
+        id_known: Tensor,
+        modality_dropout: float,
+    ) -> None:
+        super().__init__()
+        if not frozen_modalities:
+            raise ValueError("ItemFusion needs at least one frozen modality (e.g. 'text'), else an item "
+                             "with a dropped or unknown ID would have no vector")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        if id_known.shape != (n_items,) or id_known.dtype != torch.bool:
+            raise ValueError(f"id_known must be a bool tensor of shape ({n_items},), "
+                             f"got {tuple(id_known.shape)} {id_known.dtype}")
+        self.n_items = n_items
+        self.hidden_size = hidden_size
+        self.modality_dropout = modality_dropout
+        self.frozen_names: tuple[str, ...] = tuple(frozen_modalities)
+
+        self.id_embedding = nn.Embedding(n_items, id_dim)
+        self.modality_mlps = nn.ModuleDict({ID_MODALITY: _mlp(id_dim, fusion_dim, fusion_dim)})
+        for name, table in frozen_modalities.items():
+            if name == ID_MODALITY or "." in name or not name:
+                raise ValueError(f"invalid frozen modality name {name!r} ('{ID_MODALITY}' is reserved, no dots)")
+            if table.ndim != 2 or table.shape[0] != n_items:
+                raise ValueError(f"modality {name!r} must be ({n_items}, d), got {tuple(table.shape)}")
+            if not torch.is_floating_point(table):
+                raise ValueError(f"modality {name!r} must be a float tensor, got {table.dtype}")
+            self.register_buffer(self._buffer_name(name), table.detach().clone())
+            self.modality_mlps[name] = _mlp(table.shape[1], fusion_dim, fusion_dim)
+        self.register_buffer("id_known", id_known.detach().clone())
+        self.norm = nn.RMSNorm(fusion_dim)
+        self.output_mlp = _mlp(fusion_dim, fusion_dim, hidden_size)
+
+    @classmethod
+    def from_params(
+        cls,
+        model: ModelParams,
+        modalities: dict[str, Tensor],
+        n_items: int,
+        hidden_size: int,
+        id_known: Tensor,
+    ) -> "ItemFusion":
+        """Build from `params.model` (id_dim, fusion_dim, modality_dropout) and the frozen tables."""
+        return cls(
+            n_items=n_items,
+            id_dim=model.id_dim,
+            fusion_dim=model.fusion_dim,
+            hidden_size=hidden_size,
+            frozen_modalities=modalities,
+            id_known=id_known,
+            modality_dropout=model.modality_dropout,
+        )
+
+    @staticmethod
+    def _buffer_name(name: str) -> str:
+        return f"frozen_{name}"
+
+    def frozen_table(self, name: str) -> Tensor:
+        """The frozen `(N, d_m)` table of modality `name`."""
+        return getattr(self, self._buffer_name(name))
+
+    def id_mask(self, item_idx: Tensor, drop_id: Tensor | bool | None = None) -> Tensor:
+        """Which items use their ID modality: `(...)` bool, same shape as `item_idx`.
+
+        True iff the ID is known, not forced off by `drop_id` (bool tensor broadcastable to
+        `item_idx`, or a Python bool for all), and — in training mode only — not randomly dropped
+        with probability `modality_dropout`.
+        """
+        use_id = self.id_known[item_idx]
+        if drop_id is not None:
+            drop = torch.as_tensor(drop_id, dtype=torch.bool, device=item_idx.device)
+            use_id = use_id & ~torch.broadcast_to(drop, item_idx.shape)
+        if self.training and self.modality_dropout > 0.0:
+            kept = torch.rand(item_idx.shape, device=item_idx.device) >= self.modality_dropout
+            use_id = use_id & kept
+        return use_id
+
+    def forward(self, item_idx: Tensor, drop_id: Tensor | bool | None = None) -> Tensor:
+        """Fuse the modalities of `item_idx` `(...)` long → `(..., hidden_size)`.
+
+        Frozen modalities are always present, so no item ever loses every modality. An item whose
+        ID is not used gets exactly zero ID contribution (its embedding row is never read into the
+        result, so untrained or even non-finite rows of cold items cannot leak in).
+        """
+        if item_idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"item_idx must be an integer tensor, got {item_idx.dtype}")
+        use_id = self.id_mask(item_idx, drop_id).unsqueeze(-1)  # (..., 1)
+        id_rows = torch.where(use_id, self.id_embedding(item_idx), 0.0)  # (..., id_dim)
+        id_part = self.modality_mlps[ID_MODALITY](id_rows)  # (..., fusion_dim)
+        total = torch.where(use_id, id_part, 0.0)
+        weight_dtype = self.output_mlp[0].weight.dtype
+        for name in self.frozen_names:
+            rows = self.frozen_table(name)[item_idx].to(weight_dtype)  # (..., d_m)
+            total = total + self.modality_mlps[name](rows)
+        return self.output_mlp(self.norm(total))  # (..., hidden_size)
+
+    def all_items(self, drop_id: Tensor | bool | None = None) -> Tensor:
+        """Fused vectors of the whole catalogue `(N, hidden_size)` (call in eval mode for an index)."""
+        return self(torch.arange(self.n_items, device=self.id_known.device), drop_id)

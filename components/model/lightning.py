@@ -1,0 +1,125 @@
+"""Lightning wrappers: `RecDataModule` (task mixture, dynamic padding, seeded, resumable) and
+`LitUniversalRec` (one step handles every task; per-task losses logged; checkpoints hold only the
+trainable weights), plus `ThroughputMonitor` (tokens/s, examples/s, per-task loss curves)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from components.config import TrainParams
+from components.model.batching import Batch
+from components.model.data import MixtureBatches, SequentialBatches
+from components.model.prompting import EncodedExample
+from components.model.universal import UniversalRecModel
+
+
+class RecDataModule(L.LightningDataModule):
+    def __init__(self, train: dict[str, list[EncodedExample]], val: dict[str, list[EncodedExample]],
+                 cfg: TrainParams, seed: int, pad_id: int) -> None:
+        super().__init__()
+        self.train, self.val, self.cfg, self.seed, self.pad_id = train, val, cfg, seed, pad_id
+
+    def train_dataloader(self) -> DataLoader:
+        # Batch k is a pure function of (seed, k): after a resume, start at the restored global step.
+        start = self.trainer.global_step if self.trainer is not None else 0
+        data = MixtureBatches(self.train, self.cfg.task_weights, self.cfg.batch_size, self.cfg.max_steps,
+                              self.seed, self.pad_id, start=start)
+        return DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(SequentialBatches(self.val, self.cfg.batch_size, self.pad_id), batch_size=None)
+
+
+class LitUniversalRec(L.LightningModule):
+    def __init__(self, model: UniversalRecModel, cfg: TrainParams, seed: int) -> None:
+        super().__init__()
+        self.model, self.cfg, self.seed = model, cfg, seed
+        self.strict_loading = False  # checkpoints carry only the trainable tensors
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
+
+    def on_train_start(self) -> None:
+        self.model.train()  # the backbone is loaded in eval mode; dropout (LoRA, modality) must be live
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        # Every random draw of step k (dropout, negatives) is seeded by k: a resumed run replays it exactly.
+        torch.manual_seed(self.seed * 1_000_003 + int(self.global_step))
+        losses = self.model.losses(batch, self._generator())
+        total = torch.stack(list(losses.values())).sum()
+        size = int(batch.input_ids.shape[0])
+        for task, loss in losses.items():
+            self.log(f"train/loss_{task}", loss.detach(), on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        return total
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        losses = self.model.losses(batch, torch.Generator().manual_seed(self.seed + batch_idx))
+        size = int(batch.input_ids.shape[0])
+        for task, loss in losses.items():
+            self.log(f"val/loss_{task}", loss, on_step=False, on_epoch=True, batch_size=size)
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's union return type
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        special = self.model.special_rows
+        groups = [
+            {"params": [p for _, p in params if p is special], "lr": self.cfg.embedding_lr, "weight_decay": 0.0},
+            {"params": [p for _, p in params if p is not special], "lr": self.cfg.lr,
+             "weight_decay": self.cfg.weight_decay},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        warmup, total = self.cfg.warmup_steps, self.cfg.max_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+class ThroughputMonitor(L.Callback):
+    """Measures training throughput and keeps every per-task loss for the curves in metrics/train.json."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.examples = 0
+        self.batches = 0
+        self.seconds = 0.0
+        self.curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: object, batch: Batch,
+                           idx: int) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.tokens += batch.num_tokens
+        self.examples += int(batch.input_ids.shape[0])
+        self.batches += 1
+        step = int(trainer.global_step)
+        for key, value in trainer.logged_metrics.items():
+            if key.startswith("train/loss_") and key[len("train/loss_"):] in batch.tasks:
+                self.curves[key[len("train/loss_"):]].append((step, float(value)))
+
+    def summary(self) -> dict[str, float]:
+        secs = max(self.seconds, 1e-9)
+        return {"tokens_per_s": self.tokens / secs, "examples_per_s": self.examples / secs,
+                "train_seconds": self.seconds, "tokens": self.tokens, "examples": self.examples,
+                "batches": self.batches}

@@ -1,0 +1,161 @@
+"""`UniversalRecModel`: one LLM for every task — fused item vectors in, sets / verbalised answers / text out.
+
+Forward pass (one per batch, whatever the tasks in it):
+1. token embeddings `(B, T, H)`; every `[ITEM]` slot is replaced by `ItemFusion(item)` (non in-place,
+   so gradients reach the fusion module);
+2. the decoder (through PEFT/LoRA when enabled) → last hidden states `(B, T, H)` — the LM head is
+   never applied to the whole sequence;
+3. read-outs: `[UM]` slots → `SetQueryHead` → `(S, M, D)` user vectors; history slots of next-item
+   rows → dense user vectors `(Q, 1, D)`; answer slots → verbaliser logits over K tokens; `[LM]`
+   label slots → LM-head logits only there.
+
+Losses per task: sampled softmax (in-batch + uniform negatives, log-Q) for retrieval (multi-positive for
+set targets), softmax over the saved list for candidate_choice, verbaliser cross-entropy for ctr/rating,
+next-token NLL for text/infill.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.model.batching import Batch
+from components.model.fusion import ItemFusion
+from components.model.heads import ItemProjection, SetQueryHead
+from components.model.index import score_candidate_lists
+from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
+from components.model.prompting import VERBALISED_TASKS
+from components.model.verbalizer import verbalizer_logits, verbalizer_loss
+
+
+class UniversalRecModel(nn.Module):
+    def __init__(self, llm: nn.Module, fusion: ItemFusion, user_head: SetQueryHead, item_head: ItemProjection,
+                 verbaliser_ids: dict[str, tuple[int, ...]], temperature: float, num_negatives: int,
+                 item_log_prob: Tensor, special_ids: dict[str, int]) -> None:
+        super().__init__()
+        self.llm, self.fusion, self.user_head, self.item_head = llm, fusion, user_head, item_head
+        # Trainable input rows of the special tokens ([ITEM], [UM], [LM]), kept apart from the frozen
+        # (V, H) embedding matrix: they are only ever inputs, never predicted, so the LM head is untouched.
+        ids = sorted(special_ids.values())
+        self.register_buffer("special_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        table = self.causal_lm().get_input_embeddings().weight
+        self.special_rows = nn.Parameter(table[ids].detach().clone().float())  # (S, H)
+        self.temperature, self.num_negatives = temperature, num_negatives
+        for task, ids in verbaliser_ids.items():
+            self.register_buffer(f"verbaliser_{task}", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.register_buffer("item_log_prob", item_log_prob.float(), persistent=False)  # (N,)
+
+    # ------------------------------------------------------------------ pieces
+    def causal_lm(self) -> nn.Module:
+        """The underlying transformers causal LM (unwrapping PEFT)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    def decoder(self) -> nn.Module:
+        return self.causal_lm().get_decoder()
+
+    def lm_head(self) -> nn.Module:
+        return self.causal_lm().get_output_embeddings()
+
+    @property
+    def n_items(self) -> int:
+        return self.fusion.n_items
+
+    def item_vectors(self, item_ids: Tensor | None = None, drop_id: Tensor | bool | None = None) -> Tensor:
+        """Output item vectors `(C, D)` of `item_ids` (all items when None)."""
+        fused = self.fusion.all_items(drop_id) if item_ids is None else self.fusion(item_ids, drop_id)
+        return self.item_head(fused)
+
+    def hidden_states(self, batch: Batch) -> Tensor:
+        """Last hidden states `(B, T, H)` with fused item vectors injected at the `[ITEM]` slots."""
+        embeds = self.causal_lm().get_input_embeddings()(batch.input_ids)  # (B, T, H)
+        is_special = batch.input_ids.unsqueeze(-1) == self.special_token_ids  # (B, T, S)
+        if is_special.any():
+            rows = is_special.any(-1)
+            which = is_special.float().argmax(-1)[rows]
+            embeds = embeds.index_put(rows.nonzero(as_tuple=True), self.special_rows[which].to(embeds.dtype))
+        if batch.item_ids.numel():
+            fused = self.fusion(batch.item_ids, batch.item_drop_id).to(embeds.dtype)  # (P, H)
+            embeds = embeds.index_put((batch.item_rows, batch.item_cols), fused)
+        out = self.decoder()(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def user_vectors(self, hidden: Tensor, batch: Batch) -> Tensor:
+        """`(S, M, D)` user vectors of the set-out rows from their `[UM]` hidden states."""
+        rows = batch.user_rows.unsqueeze(1).expand_as(batch.user_cols)
+        return self.user_head(hidden[rows, batch.user_cols])
+
+    def verbaliser(self, task: str) -> Tensor:
+        return getattr(self, f"verbaliser_{task}")
+
+    def answer_logits(self, hidden: Tensor, batch: Batch, task: str, rows: Tensor) -> Tensor:
+        """`(A, K)` verbaliser logits for the answer slots `rows` (indices into batch.answer_*)."""
+        h = hidden[batch.answer_rows[rows], batch.answer_cols[rows]]
+        head = self.lm_head()
+        return verbalizer_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Per-task losses `{task: scalar}` of one batch (sum them for the step loss)."""
+        hidden = self.hidden_states(batch)
+        row_task = [batch.tasks[int(t)] for t in batch.task_ids]
+        out: dict[str, Tensor] = {}
+        if batch.user_rows.numel():
+            self._retrieval_losses(hidden, batch, row_task, generator, out)
+        if batch.answer_rows.numel():
+            answer_task = [row_task[int(r)] for r in batch.answer_rows]
+            for task in VERBALISED_TASKS:
+                sel = torch.tensor([t == task for t in answer_task], device=hidden.device)
+                if sel.any():
+                    rows = sel.nonzero().squeeze(1)
+                    logits = self.answer_logits(hidden, batch, task, rows)
+                    out[task] = verbalizer_loss(logits, batch.answer_index[rows])
+        if batch.label_rows.numel():
+            label_task = [row_task[int(r)] for r in batch.label_rows]
+            for task in sorted(set(label_task)):
+                sel = torch.tensor([t == task for t in label_task], device=hidden.device).nonzero().squeeze(1)
+                h = hidden[batch.label_rows[sel], batch.label_cols[sel]]  # (L, H) only label positions
+                logits = self.lm_head()(h).float()  # (L, V)
+                out[task] = F.cross_entropy(logits, batch.labels[sel])
+        return out
+
+    def _retrieval_losses(self, hidden: Tensor, batch: Batch, row_task: list[str],
+                          generator: torch.Generator | None, out: dict[str, Tensor]) -> None:
+        users = self.user_vectors(hidden, batch)  # (S, M, D)
+        set_task = [row_task[int(r)] for r in batch.user_rows]
+        is_choice = torch.tensor([t == "candidate_choice" for t in set_task], device=hidden.device)
+        if is_choice.any():
+            rows = is_choice.nonzero().squeeze(1)
+            cands = batch.candidates[rows]  # (Sc, C)
+            uniq, inverse = torch.unique(cands, return_inverse=True)
+            vecs = self.item_vectors(uniq)[inverse.reshape(-1)].reshape(*cands.shape, -1)  # (Sc, C, D)
+            scores = torch.einsum("smd,scd->smc", users[rows].float(), vecs.float()).amax(1) / self.temperature
+            target = (cands == batch.positives[rows].unsqueeze(1)).float().argmax(1)
+            out["candidate_choice"] = F.cross_entropy(scores, target)
+        free = (~is_choice).nonzero().squeeze(1)
+        if free.numel() == 0:
+            return
+        positives = torch.cat([batch.positive_sets[free].reshape(-1), batch.dense_targets])
+        cand_ids, log_q = build_candidates(positives, self.n_items, self.num_negatives, generator,
+                                           self.item_log_prob)
+        cand_vecs = self.item_vectors(cand_ids)  # (C, D)
+        free_task = [set_task[int(i)] for i in free]
+        for task in sorted(set(free_task)):
+            sel = free[torch.tensor([t == task for t in free_task], device=hidden.device)]
+            loss = multi_positive_loss(users[sel], batch.positive_sets[sel], cand_ids, cand_vecs, log_q,
+                                       self.temperature)
+            if task == "next_item" and batch.dense_rows.numel():
+                dense = self.user_head(hidden[batch.dense_rows, batch.dense_cols]).unsqueeze(1)  # (Q, 1, D)
+                dense_loss = sampled_softmax_loss(dense, batch.dense_targets, cand_ids, cand_vecs, log_q,
+                                                  self.temperature)
+                loss = (loss + dense_loss * batch.dense_rows.numel() / sel.numel()) / (
+                    1 + batch.dense_rows.numel() / sel.numel())
+            out[task] = loss
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def score_candidates(self, batch: Batch) -> Tensor:
+        """candidate_choice: `(S, C)` scores of each set-out row's saved candidate list."""
+        hidden = self.hidden_states(batch)
+        return score_candidate_lists(self.user_vectors(hidden, batch).float(), self.item_vectors().float(),
+                                     batch.candidates)

@@ -1,0 +1,168 @@
+"""Pipeline step `train`: multitask LoRA training of the universal model with Lightning.
+
+Reads the textualised training examples of every task with a positive mixture weight, trains for
+``train.max_steps`` single-task batches (MLflow logging to the project's tracking store, checkpoints
+every ``train.checkpoint_every_n_steps``; an interrupted run resumes from ``last.ckpt``), then writes the
+artefacts (`components.model.build.save_artifacts`) and ``metrics/train.json``: per-task first/last
+losses, tokens/s, examples/s, peak RSS and wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from components.config import Params
+from components.model.build import Built, build_model, save_artifacts, trainable_summary
+from components.model.data import encode_frames, load_examples
+from components.model.lightning import LitUniversalRec, RecDataModule, ThroughputMonitor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    steps: int
+    losses: dict[str, dict[str, float]]
+    throughput: dict[str, float]
+    peak_rss_gib: float
+    wall_seconds: float
+    parameters: dict[str, int]
+    artifacts: dict[str, str] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    resumed_from: str | None = None
+    """Checkpoint the run resumed from (None for a fresh run); `throughput` covers this process only."""
+
+    def summary(self) -> str:
+        lines = [f"train: {self.steps} steps in {self.wall_seconds:.0f} s, "
+                 f"{self.throughput['tokens_per_s']:.0f} tokens/s, {self.throughput['examples_per_s']:.2f} "
+                 f"examples/s, peak RSS {self.peak_rss_gib:.2f} GiB, trainable {self.parameters['trainable']:,} "
+                 f"of {self.parameters['parameters']:,} parameters"]
+        for task, c in sorted(self.losses.items()):
+            lines.append(f"  {task:<17} loss {c['first']:.4f} -> {c['last']:.4f} ({int(c['points'])} batches)")
+        return "\n".join(lines)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 ** 2)
+
+
+def curve_summary(curves: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, float]]:
+    """First / last loss per task as the mean of the first / last 20 % of its batches (≥ 1 batch)."""
+    out = {}
+    for task, points in curves.items():
+        values = [v for _, v in points]
+        n = max(1, len(values) // 5)
+        out[task] = {"first": sum(values[:n]) / n, "last": sum(values[-n:]) / n, "points": float(len(values))}
+    return out
+
+
+def run_fingerprint(params: Params) -> str:
+    """Hash of everything a checkpoint depends on: model/training params and the input data manifests."""
+    parts = {k: getattr(params, k).model_dump() for k in ("backbone", "model", "lora", "train")}
+    parts["seed"] = params.seed
+    for name in (params.resolve(params.paths.examples_dir) / "manifest.json",
+                 params.resolve(params.embed_items.out_dir) / "meta.json"):
+        parts[name.name] = name.read_text(encoding="utf-8") if name.is_file() else None
+    for volatile in ("resume", "max_steps", "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps"):
+        parts["train"].pop(volatile, None)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_point(params: Params, ckpt_dir: Path) -> str | None:
+    """`last.ckpt` when resuming is on and it belongs to this very configuration; else start fresh."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp, last = ckpt_dir / "fingerprint.txt", ckpt_dir / "last.ckpt"
+    fingerprint = run_fingerprint(params)
+    same = stamp.is_file() and stamp.read_text().strip() == fingerprint
+    if params.train.resume and same and last.is_file():
+        return str(last)
+    stale = sorted(ckpt_dir.glob("*.ckpt")) + [ckpt_dir / "mlflow_run_id.txt"]
+    for old in stale:
+        if old.exists():
+            if old.suffix == ".ckpt":
+                log.info("removing checkpoint of another configuration or a disabled resume: %s", old)
+            old.unlink()
+    stamp.write_text(fingerprint + "\n")
+    return None
+
+
+def _mlflow_logger(params: Params, ckpt_dir: Path) -> MLFlowLogger:
+    run_file = ckpt_dir / "mlflow_run_id.txt"
+    run_id = run_file.read_text().strip() if run_file.is_file() and params.train.resume else None
+    logger = MLFlowLogger(experiment_name=params.experiment_name(), tracking_uri=params.tracking_uri(),
+                          run_name="train", run_id=run_id, log_model=False)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(logger.run_id + "\n")
+    return logger
+
+
+def make_trainer(params: Params, ckpt_dir: Path, logger: MLFlowLogger | bool, monitor: ThroughputMonitor,
+                 n_val_batches: int, extra_callbacks: list[L.Callback]) -> L.Trainer:
+    cfg = params.train
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps,
+                                 save_last=True, save_top_k=1, monitor=None)
+    return L.Trainer(
+        max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        precision=cfg.precision, logger=logger, callbacks=[checkpoint, monitor, *extra_callbacks],
+        gradient_clip_val=cfg.grad_clip or None, log_every_n_steps=cfg.log_every_n_steps,
+        val_check_interval=cfg.val_check_interval if n_val_batches else None,
+        limit_val_batches=n_val_batches if n_val_batches else 0, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(ckpt_dir.parent),
+        enable_progress_bar=True)
+
+
+def train(params: Params, built: Built | None = None, callbacks: list[L.Callback] | None = None) -> TrainReport:
+    """Train from params (or a pre-built model); returns the report and writes artefacts.
+
+    `callbacks` are added to the Trainer (tests use one to interrupt a run).
+    """
+    start = time.perf_counter()
+    cfg = params.train
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed = params.seed + cfg.seed_offset
+    L.seed_everything(seed, workers=True, verbose=False)
+    built = built or build_model(params)
+    tasks = [t for t, w in cfg.task_weights.items() if w > 0]
+    examples_dir = params.resolve(params.paths.examples_dir)
+    tokenizer = built.backbone.tokenizer
+    train_sets = encode_frames(load_examples(examples_dir, tasks, "train"), tokenizer, built.spec)
+    val_sets = encode_frames(load_examples(examples_dir, tasks, "valid", cfg.val_examples_per_task, seed),
+                             tokenizer, built.spec) if cfg.val_examples_per_task else {}
+    pad_id = int(tokenizer.pad_token_id)
+    data = RecDataModule(train_sets, val_sets, cfg, seed, pad_id)
+    out_dir = params.resolve(cfg.out_dir)
+    ckpt_dir = params.resolve(cfg.checkpoint_dir)
+    resume = _resume_point(params, ckpt_dir)
+    logger = _mlflow_logger(params, ckpt_dir)
+    monitor = ThroughputMonitor()
+    n_val = sum(-(-len(v) // cfg.batch_size) for v in val_sets.values())
+    trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, callbacks or [])
+    lit = LitUniversalRec(built.model, cfg, seed)
+    built.model.train()  # the backbone was loaded in eval mode
+    log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
+    trainer.fit(lit, datamodule=data, ckpt_path=resume)
+    artifacts = save_artifacts(built, params, out_dir)
+    report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
+                         throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
+                         wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
+                         artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume)
+    metrics_dir = params.resolve(params.paths.metrics_dir)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()}}
+    (metrics_dir / "train.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    logger.experiment.log_dict(logger.run_id, payload, "train_report.json")
+    for task, c in report.losses.items():
+        logger.experiment.log_metric(logger.run_id, f"final_loss_{task}", c["last"])
+    return report

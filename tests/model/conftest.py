@@ -1,0 +1,55 @@
+"""Model-tier fixtures: the real data steps and embed-items run ONCE per session on the tiny fixture
+with the tiny random Llama backbone; tests then build models from these files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.config import Params
+from components.embed_items import embed_items
+from components.ingest import ingest
+from components.split import split
+from components.textualize import textualize
+from components.validate import validate
+from tests.conftest import params_in
+
+TINY_MODEL: dict[str, object] = {
+    "backbone.source": "tiny",
+    "model.num_negatives": 16,
+    "train.max_prompt_tokens": 96,
+    "train.batch_size": 4,
+    "train.max_steps": 4,
+    "train.val_examples_per_task": 2,
+    "train.val_check_interval": 2,
+    "train.checkpoint_every_n_steps": 2,
+    "train.log_every_n_steps": 1,
+    "train.num_threads": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def model_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model_project")
+    params = params_in(folder, TINY_MODEL)
+    ingest(params)
+    validate(params)
+    split(params)
+    textualize(params, progress=False)
+    embed_items(params, progress=False)
+    return folder
+
+
+@pytest.fixture
+def model_params(model_project: Path, tmp_path: Path):
+    """Factory of Params reading the session's tiny project and writing models/metrics under tmp_path."""
+
+    def factory(overrides: dict[str, object] | None = None) -> Params:
+        return params_in(model_project, {**TINY_MODEL, "train.out_dir": str(tmp_path / "unirec"),
+                                         "train.checkpoint_dir": str(tmp_path / "checkpoints"),
+                                         "paths.metrics_dir": str(tmp_path / "metrics"),
+                                         "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                         **(overrides or {})})
+
+    return factory

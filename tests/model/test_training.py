@@ -1,0 +1,127 @@
+"""The universal model trains on every task, LoRA leaves the base frozen, artefacts reload exactly,
+and an interrupted Lightning run resumes from its last checkpoint to the same end state."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from components.config import TASKS
+from components.model.batching import collate
+from components.model.build import build_model, load_trained, save_artifacts
+from components.model.data import encode_frames, load_examples
+from components.train import train
+
+
+def _batch(built, params, task: str, n: int = 4):
+    frames = load_examples(params.resolve(params.paths.examples_dir), [task], "train")
+    enc = encode_frames(frames, built.backbone.tokenizer, built.spec, progress=False)[task][:n]
+    return collate(enc, built.backbone.tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_two_steps_per_task_reduce_nothing_to_nan_and_update_weights(model_params, task: str) -> None:
+    params = model_params()
+    built = build_model(params)
+    model = built.model.train()
+    batch = _batch(built, params, task)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    values = []
+    for step in range(2):
+        losses = model.losses(batch, torch.Generator().manual_seed(step))
+        assert set(losses) == {task}
+        loss = losses[task]
+        assert torch.isfinite(loss)
+        values.append(float(loss))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
+    assert any("lora_" in n for n in changed), "LoRA weights did not move"
+    if task not in ("text", "infill", "ctr", "rating"):
+        assert any(n.startswith(("user_head", "item_head")) for n in changed)
+    assert values[1] < values[0] + 1.0  # one step on the same batch does not blow up
+
+
+def test_lora_leaves_frozen_base_weights_unchanged(model_params) -> None:
+    params = model_params()
+    built = build_model(params)
+    model = built.model.train()
+    base = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+    special = model.special_rows.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    for task in ("next_item", "text"):
+        loss = model.losses(_batch(built, params, task))[task]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, p in model.llm.named_parameters():
+        if "lora_" not in name:
+            assert not p.requires_grad and torch.equal(p, base[name]), f"frozen base weight {name} changed"
+    assert not torch.equal(model.special_rows.detach(), special), "special-token rows did not train"
+
+
+def test_saved_artefacts_reload_to_identical_scores(model_params) -> None:
+    params = model_params()
+    built = build_model(params)
+    model = built.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    loss = model.losses(_batch(built, params, "next_item"))["next_item"]
+    loss.backward()
+    optimizer.step()
+    out = params.resolve(params.train.out_dir)
+    save_artifacts(built, params, out)
+    model.eval()
+    batch = _batch(built, params, "candidate_choice")
+    with torch.no_grad():
+        before = model.score_candidates(batch)
+        vectors = model.item_vectors().numpy()
+    reloaded = load_trained(params, out)
+    with torch.no_grad():
+        after = reloaded.model.score_candidates(batch)
+    assert torch.equal(before, after)
+    assert np.array_equal(np.load(out / "item_vectors.npy"), vectors)
+    assert np.array_equal(reloaded.model.item_vectors().detach().numpy(), vectors)
+
+
+class _Crash(L.Callback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, module, batch, idx) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def _trainable(params) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in load_trained(params).model.named_parameters()}
+
+
+def test_killed_run_resumes_from_last_checkpoint_and_matches(model_params, tmp_path) -> None:
+    overrides = {"train.max_steps": 4, "train.checkpoint_every_n_steps": 2, "train.precision": "32-true"}
+    straight = model_params({**overrides, "train.out_dir": str(tmp_path / "straight"),
+                             "train.checkpoint_dir": str(tmp_path / "straight_ckpt")})
+    report = train(straight)
+    assert report.steps == 4 and report.throughput["batches"] == 4 and report.resumed_from is None
+    metrics = json.loads((straight.resolve(straight.paths.metrics_dir) / "train.json").read_text())
+    assert metrics["steps"] == 4 and metrics["throughput"]["tokens_per_s"] > 0
+
+    resumed = model_params({**overrides, "train.out_dir": str(tmp_path / "resumed"),
+                            "train.checkpoint_dir": str(tmp_path / "resumed_ckpt")})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(resumed, callbacks=[_Crash(at_step=3)])
+    assert (tmp_path / "resumed_ckpt" / "last.ckpt").is_file()
+    assert not (tmp_path / "resumed" / "modules.safetensors").exists()
+    report = train(resumed)
+    # it really resumed: only the two remaining batches ran in this process
+    assert report.steps == 4 and report.throughput["batches"] == 2
+    assert report.resumed_from is not None and report.resumed_from.endswith("last.ckpt")
+    a, b = _trainable(straight), _trainable(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
