@@ -328,6 +328,13 @@ class MlflowParams(_Strict):
     experiment: str | None = None
 
 
+class BenchmarkParams(_Strict):
+    examples_per_task: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    naive_max_tokens: int = Field(ge=8)
+
+
 class Params(_Strict):
     seed: int
     paths: PathsParams
@@ -344,6 +351,7 @@ class Params(_Strict):
     lora: LoraParams
     train: TrainParams
     mlflow: MlflowParams
+    benchmark: BenchmarkParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 

@@ -138,6 +138,20 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: D
     _run("train", params, set_, debug, step)
 
 
+benchmark_app = typer.Typer(help="Measured comparisons written to metrics/*.json.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("train")
+def benchmark_train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Training throughput of unirec (items as fused vectors, logits only at answer positions) vs a
+    naive LLM recommender (same backbone and LoRA; titles as text; full-vocabulary logits at every
+    position) on the same examples, in one run → metrics/bench_train.json."""
+    from components.bench_train import benchmark_train as step
+
+    _run("benchmark train", params, set_, debug, step)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
