@@ -139,7 +139,7 @@ class ItemFusion(nn.Module):
         for name in self.frozen_names:
             rows = self.frozen_table(name)[item_idx].to(weight_dtype)  # (..., d_m)
             total = total + self.modality_mlps[name](rows)
-        return self.output_mlp(self.norm(total))  # (..., hidden_size)
+        return self.output_mlp(self.norm(total.float()))  # (..., hidden_size); RMSNorm in float32
 
     def all_items(self, drop_id: Tensor | bool | None = None) -> Tensor:
         """Fused vectors of the whole catalogue `(N, hidden_size)` (call in eval mode for an index)."""

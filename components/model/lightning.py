@@ -41,6 +41,8 @@ class LitUniversalRec(L.LightningModule):
         super().__init__()
         self.model, self.cfg, self.seed = model, cfg, seed
         self.strict_loading = False  # checkpoints carry only the trainable tensors
+        self.last_losses: dict[str, float] = {}
+        self._pending: dict[str, list[float]] = defaultdict(list)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         return batch.to(device)
@@ -56,10 +58,17 @@ class LitUniversalRec(L.LightningModule):
         torch.manual_seed(self.seed * 1_000_003 + int(self.global_step))
         losses = self.model.losses(batch, self._generator())
         total = torch.stack(list(losses.values())).sum()
-        size = int(batch.input_ids.shape[0])
-        for task, loss in losses.items():
-            self.log(f"train/loss_{task}", loss.detach(), on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self.last_losses = {task: float(loss.detach()) for task, loss in losses.items()}
+        for task, value in self.last_losses.items():
+            self._pending[task].append(value)
+        if (self.global_step + 1) % self.cfg.log_every_n_steps == 0:
+            # mean loss of each task over the batches since the last log (tasks absent from them: no point)
+            means = {f"train/loss_{t}": sum(v) / len(v) for t, v in self._pending.items() if v}
+            for key, value in means.items():
+                self.log(key, value, on_step=True, on_epoch=False, batch_size=int(batch.input_ids.shape[0]))
+            self._pending.clear()
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=int(batch.input_ids.shape[0]))
         return total
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -114,9 +123,8 @@ class ThroughputMonitor(L.Callback):
         self.examples += int(batch.input_ids.shape[0])
         self.batches += 1
         step = int(trainer.global_step)
-        for key, value in trainer.logged_metrics.items():
-            if key.startswith("train/loss_") and key[len("train/loss_"):] in batch.tasks:
-                self.curves[key[len("train/loss_"):]].append((step, float(value)))
+        for task, value in getattr(module, "last_losses", {}).items():
+            self.curves[task].append((step, value))
 
     def summary(self) -> dict[str, float]:
         secs = max(self.seconds, 1e-9)

@@ -123,8 +123,12 @@ def _ints(values: object) -> list[int]:
     return [] if values is None else [int(v) for v in values]  # type: ignore[union-attr]
 
 
-def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSpec) -> EncodedExample:
-    """Encode one row of `data/examples/<task>/<split>.parquet` (see components/textualize)."""
+def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSpec,
+                   with_target: bool = True) -> EncodedExample:
+    """Encode one row of `data/examples/<task>/<split>.parquet` (see components/textualize).
+
+    `with_target=False` leaves text tasks at `[LM]` (for generation) instead of teacher forcing the target.
+    """
     task = str(row["task"])
     ids, items = tokenize_prompt(str(row["prompt"]), tokenizer, spec.item_id)
     targets = _ints(row.get("target_items"))
@@ -158,6 +162,8 @@ def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSp
             raise ValueError(f"{task} example {row.get('example_id')}: answer {answer!r} is not one of {words}")
         ex.answer_position = n_prompt - 1
         ex.answer_index = words.index(answer)
+    elif task in TEXT_TASKS and not with_target:
+        pass
     elif task in TEXT_TASKS:
         target = tokenizer.encode(" " + str(row["target_text"]).strip(), add_special_tokens=False)
         target = target[: spec.max_target_tokens] + [spec.eos_id]

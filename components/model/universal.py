@@ -66,8 +66,8 @@ class UniversalRecModel(nn.Module):
         fused = self.fusion.all_items(drop_id) if item_ids is None else self.fusion(item_ids, drop_id)
         return self.item_head(fused)
 
-    def hidden_states(self, batch: Batch) -> Tensor:
-        """Last hidden states `(B, T, H)` with fused item vectors injected at the `[ITEM]` slots."""
+    def input_embeddings(self, batch: Batch) -> Tensor:
+        """`(B, T, H)` token embeddings with the trainable special rows and the fused item vectors injected."""
         embeds = self.causal_lm().get_input_embeddings()(batch.input_ids)  # (B, T, H)
         is_special = batch.input_ids.unsqueeze(-1) == self.special_token_ids  # (B, T, S)
         if is_special.any():
@@ -77,7 +77,12 @@ class UniversalRecModel(nn.Module):
         if batch.item_ids.numel():
             fused = self.fusion(batch.item_ids, batch.item_drop_id).to(embeds.dtype)  # (P, H)
             embeds = embeds.index_put((batch.item_rows, batch.item_cols), fused)
-        out = self.decoder()(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
+        return embeds
+
+    def hidden_states(self, batch: Batch) -> Tensor:
+        """Last hidden states `(B, T, H)` of the decoder over `input_embeddings(batch)`."""
+        out = self.decoder()(inputs_embeds=self.input_embeddings(batch), attention_mask=batch.attention_mask,
+                             use_cache=False)
         return out.last_hidden_state
 
     def user_vectors(self, hidden: Tensor, batch: Batch) -> Tensor:
@@ -153,6 +158,24 @@ class UniversalRecModel(nn.Module):
             out[task] = loss
 
     # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate_ids(self, batch: Batch, max_new_tokens: int, eos_id: int) -> list[list[int]]:
+        """Greedy text after `[LM]` for each row of a batch of prompts (encoded with `with_target=False`).
+
+        Rows are decoded one at a time (no padding inside the prompt), with the KV cache of the LM.
+        """
+        embeds = self.input_embeddings(batch)  # (B, T, H)
+        out: list[list[int]] = []
+        for row in range(embeds.shape[0]):
+            length = int(batch.attention_mask[row].sum())
+            generated = self.llm.generate(inputs_embeds=embeds[row:row + 1, :length],
+                                          attention_mask=batch.attention_mask[row:row + 1, :length],
+                                          max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_id,
+                                          pad_token_id=eos_id)
+            ids = generated[0].tolist()
+            out.append(ids[: ids.index(eos_id)] if eos_id in ids else ids)
+        return out
+
     @torch.no_grad()
     def score_candidates(self, batch: Batch) -> Tensor:
         """candidate_choice: `(S, C)` scores of each set-out row's saved candidate list."""

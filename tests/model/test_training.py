@@ -125,3 +125,44 @@ def test_killed_run_resumes_from_last_checkpoint_and_matches(model_params, tmp_p
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_text_generation_after_lm_token(model_params) -> None:
+    from components.model.prompting import encode_example
+
+    params = model_params()
+    built = build_model(params)
+    model = built.model.eval()
+    tok = built.backbone.tokenizer
+    rows = load_examples(params.resolve(params.paths.examples_dir), ["text"], "test")["text"].head(2)
+    enc = [encode_example(r, tok, built.spec, with_target=False) for r in rows.to_dict("records")]
+    assert all(e.input_ids[-1] == built.spec.lm_id and not e.labels for e in enc)
+    batch = collate(enc, tok.pad_token_id)
+    first = model.generate_ids(batch, max_new_tokens=5, eos_id=built.spec.eos_id)
+    again = model.generate_ids(batch, max_new_tokens=5, eos_id=built.spec.eos_id)
+    assert first == again and len(first) == 2
+    assert all(0 < len(ids) <= 5 or len(ids) == 0 for ids in first)
+    assert all(isinstance(tok.decode(ids), str) for ids in first)
+
+
+def test_full_fine_tuning_when_lora_is_disabled(model_params) -> None:
+    params = model_params({"lora.enabled": False})
+    built = build_model(params)
+    model = built.model.train()
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    layer = next(p for n, p in model.llm.named_parameters() if "q_proj.weight" in n)
+    assert layer.requires_grad
+    before = layer.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    model.losses(_batch(built, params, "next_item"))["next_item"].backward()
+    optimizer.step()
+    assert not torch.equal(layer, before)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(model_params, tmp_path) -> None:
+    base = {"train.max_steps": 2, "train.checkpoint_every_n_steps": 2, "train.precision": "32-true",
+            "train.out_dir": str(tmp_path / "out"), "train.checkpoint_dir": str(tmp_path / "ckpt")}
+    train(model_params(base))
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    report = train(model_params({**base, "lora.r": 4}))  # another configuration: must start fresh
+    assert report.resumed_from is None and report.throughput["batches"] == 2
