@@ -67,6 +67,13 @@ def curve_summary(curves: dict[str, list[tuple[int, float]]]) -> dict[str, dict[
     return out
 
 
+def _relative(params: Params, path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(params.root.resolve()))
+    except ValueError:
+        return path
+
+
 def run_fingerprint(params: Params) -> str:
     """Hash of everything a checkpoint depends on: model/training params and the input data manifests."""
     parts = {k: getattr(params, k).model_dump() for k in ("backbone", "model", "lora", "train")}
@@ -153,7 +160,7 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
     trainer.fit(lit, datamodule=data, ckpt_path=resume)
-    artifacts = save_artifacts(built, params, out_dir)
+    artifacts = {k: _relative(params, v) for k, v in save_artifacts(built, params, out_dir).items()}
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
