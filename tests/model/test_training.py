@@ -166,3 +166,20 @@ def test_checkpoint_of_another_configuration_is_not_resumed(model_params, tmp_pa
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     report = train(model_params({**base, "lora.r": 4}))  # another configuration: must start fresh
     assert report.resumed_from is None and report.throughput["batches"] == 2
+
+
+@pytest.mark.parametrize("kind", ["torch", "flat", "hnsw"])
+def test_set_out_recommends_k_distinct_valid_unseen_items(model_params, kind: str) -> None:
+    from components.model.inference import catalogue_index, recommend
+
+    params = model_params({"index.kind": kind})
+    built = build_model(params)
+    batch = _batch(built, params, "next_item")
+    index = catalogue_index(built.model, params.index)
+    seen = [list(range(i, i + 7)) for i in range(batch.user_rows.numel())]
+    ids, scores = recommend(built.model, index, batch, k=10, exclude=seen)
+    assert ids.shape == scores.shape == (batch.user_rows.numel(), 10)
+    for row, excluded in zip(ids.tolist(), seen):
+        assert len(set(row)) == 10 and all(0 <= i < built.model.n_items for i in row)
+        assert not set(row) & set(excluded)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
