@@ -23,7 +23,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 app = typer.Typer(
     help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
-    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train. "
+    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train, and baselines (expert models). "
     "Run them all with `dvc repro` (or `make run`).",
     no_args_is_help=True,
     add_completion=False,
@@ -136,6 +136,16 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: D
     from components.train import train as step
 
     _run("train", params, set_, debug, step)
+
+
+@app.command()
+def baselines(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Train the expert baselines on the same split files (popularity, SASRec with RecBole's
+    configuration and early stopping on valid NDCG@10, biased MF for rating, a logistic-regression CTR
+    expert with feature crosses) → models/baselines/ and metrics/baselines_train.json."""
+    from components.baselines import train_baselines as step
+
+    _run("baselines", params, set_, debug, step)
 
 
 benchmark_app = typer.Typer(help="Measured comparisons written to metrics/*.json.", no_args_is_help=True)
