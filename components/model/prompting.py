@@ -16,18 +16,20 @@ Over-long prompts are cut from the left (the question and the [UM] tokens at the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-PLACEHOLDER = re.compile(r"<item:(\d+)>")
-SET_OUT_TASKS = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")
+from components.textualize.registry import PLACEHOLDER_RE as PLACEHOLDER  # the one placeholder definition
+from components.textualize.registry import SET_OUT_TASKS
+from components.textualize.tasks import CTR_ANSWERS
+
 VERBALISED_TASKS = ("ctr", "rating")
 TEXT_TASKS = ("text", "infill")
 DENSE_TASKS = ("next_item",)
-VERBALISERS: dict[str, tuple[str, ...]] = {"ctr": ("yes", "no"), "rating": ("1", "2", "3", "4", "5")}
-"""Answer words per verbalised task; they must match the registry's targets (components/textualize)."""
+VERBALISERS: dict[str, tuple[str, ...]] = {"ctr": (CTR_ANSWERS[1], CTR_ANSWERS[0]),
+                                           "rating": ("1", "2", "3", "4", "5")}
+"""Answer words per verbalised task (ctr: yes first, as `verbalizer.YES_INDEX`); textualize writes these."""
 
 
 @dataclass(frozen=True)
