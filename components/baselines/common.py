@@ -170,6 +170,20 @@ def fit_early_stopping(model: nn.Module, train_epoch: Callable[[int], float], va
     return hist
 
 
+def minibatch_epoch(n_rows: int, batch_size: int, generator: torch.Generator, optimizer: torch.optim.Optimizer,
+                    batch_loss: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """One shuffled pass over `n_rows` rows in batches; `batch_loss(row_idx)` returns (loss to minimise,
+    data loss to report). Returns the mean reported loss per row."""
+    total = 0.0
+    for batch in torch.randperm(n_rows, generator=generator).split(batch_size):
+        loss, reported = batch_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += reported.item() * len(batch)
+    return total / max(n_rows, 1)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG (initialisation, dropout); return a generator for batch order."""
     torch.manual_seed(seed)

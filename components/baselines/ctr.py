@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
-from components.baselines.common import TrainHistory, fit_early_stopping, seed_everything
+from components.baselines.common import TrainHistory, fit_early_stopping, minibatch_epoch, seed_everything
 from components.config import CtrParams
 
 
@@ -105,17 +105,13 @@ def fit_ctr(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, genres: np.n
     labels = torch.tensor(train["label"].to_numpy(dtype=np.float32))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
+    def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i = users[batch], items[batch]
+        bce = F.binary_cross_entropy_with_logits(model(u, i), labels[batch])
+        return bce + cfg.l2 * model.penalty(u, i), bce
+
     def train_epoch(epoch: int) -> float:
-        total = 0.0
-        for batch in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
-            u, i = users[batch], items[batch]
-            bce = F.binary_cross_entropy_with_logits(model(u, i), labels[batch])
-            loss = bce + cfg.l2 * model.penalty(u, i)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += bce.item() * len(batch)
-        return total / max(len(labels), 1)
+        return minibatch_epoch(len(labels), cfg.batch_size, gen, opt, batch_loss)
 
     def validate() -> float:
         return ctr_metrics(model, valid)["auc"]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from components.baselines.common import TrainHistory, fit_early_stopping, seed_everything
+from components.baselines.common import TrainHistory, fit_early_stopping, minibatch_epoch, seed_everything
 from components.config import MfParams
 
 
@@ -72,17 +72,13 @@ def fit_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int,
     model = BiasedMF(n_users, n_items, cfg, float(ratings.mean()), rating_range)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
+    def batch_loss(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, i = users[batch], items[batch]
+        mse = (model(u, i) - ratings[batch]).pow(2).mean()
+        return mse + cfg.l2 * model.penalty(u, i), mse
+
     def train_epoch(epoch: int) -> float:
-        total = 0.0
-        for batch in torch.randperm(len(ratings), generator=gen).split(cfg.batch_size):
-            u, i = users[batch], items[batch]
-            mse = (model(u, i) - ratings[batch]).pow(2).mean()
-            loss = mse + cfg.l2 * model.penalty(u, i)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += mse.item() * len(batch)
-        return total / max(len(ratings), 1)
+        return minibatch_epoch(len(ratings), cfg.batch_size, gen, opt, batch_loss)
 
     def validate() -> float:
         return rating_errors(model, valid)["rmse"]
