@@ -193,6 +193,7 @@ class TextualizeParams(_Strict):
     horizons: dict[Literal["long", "medium", "short"], int]
     horizon_weights: dict[Literal["long", "medium", "short"], float]
     train_examples_per_user: dict[str, int]
+    next_item_windows: bool = False
     like_threshold: float
     tail_quantile: float = Field(gt=0.0, lt=1.0)
     summary_top_genres: int = Field(ge=1)
@@ -240,6 +241,12 @@ class BackboneParams(_Strict):
         return self
 
 
+class CollabParams(_Strict):
+    enabled: bool = True
+    dim: int = Field(default=64, ge=1)
+    window: int = Field(default=10, ge=1)
+
+
 class EmbedItemsParams(_Strict):
     encoder: Literal["backbone", "hf_dir"]
     encoder_dir: str | None = None
@@ -248,6 +255,7 @@ class EmbedItemsParams(_Strict):
     out_dir: str
     extra_modalities: dict[str, str] = {}
     autocast_bf16: bool = True
+    collab: CollabParams = CollabParams()
 
     @model_validator(mode="after")
     def _encoder_dir_needed(self) -> "EmbedItemsParams":
@@ -268,6 +276,7 @@ class ModelParams(_Strict):
     temperature: float = Field(gt=0.0)
     num_negatives: int = Field(ge=0)
     l2_normalize: bool
+    item_bias: bool = True
 
 
 class IndexParams(_Strict):
@@ -333,6 +342,11 @@ class BenchmarkParams(_Strict):
     batch_size: int = Field(ge=1)
     warmup_steps: int = Field(ge=0)
     naive_max_tokens: int = Field(ge=8)
+    retrieval_users: int = Field(ge=1)
+    retrieval_k: int = Field(ge=1)
+    retrieval_template: str
+    retrieval_warmup: int = Field(ge=0)
+    retrieval_max_new_tokens: int = Field(ge=2)
 
 
 class SasrecParams(_Strict):
@@ -393,6 +407,38 @@ class BaselinesParams(_Strict):
     ctr: CtrParams
 
 
+class EvaluateParams(_Strict):
+    split: Literal["valid", "test"]
+    users_per_task: dict[str, int | None]
+    batch_size: int = Field(ge=1)
+    ks: list[int] = Field(min_length=1)
+    top_k: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=1)
+    autocast_bf16: bool
+    num_threads: int = Field(ge=0)
+    seed_offset: int
+    metrics_file: str
+    report_file: str
+    plots_dir: str
+
+    @field_validator("users_per_task")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        unknown = set(v) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}")
+        if any(n is not None and n < 1 for n in v.values()):
+            raise ValueError("values must be >= 1 or null (all users)")
+        return v
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v) or len(set(v)) != len(v):
+            raise ValueError("cut-offs must be distinct integers >= 1")
+        return v
+
+
 class Params(_Strict):
     seed: int
     paths: PathsParams
@@ -411,6 +457,7 @@ class Params(_Strict):
     mlflow: MlflowParams
     benchmark: BenchmarkParams
     baselines: BaselinesParams
+    evaluate: EvaluateParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 

@@ -9,6 +9,8 @@ Outputs (``embed_items.out_dir``, replaced as a whole):
 * ``text.npy`` float32 (n_items, H), row i = item idx i of the canonical id map;
 * ``id_map.parquet`` (raw_id, idx) copied from ``<paths.canonical_dir>/id_maps/items.parquet``;
 * ``<name>.npy`` float32 (n_items, d) for every ``embed_items.extra_modalities`` entry (validated);
+* ``collab.npy`` float32 (n_items, collab.dim) when ``embed_items.collab.enabled``: collaborative vectors
+  from the training split only (components/collab.py);
 * ``meta.json``: encoder, backbone source, layers, dim per modality, n_items, seconds.
 
 Deterministic: fixed batch order (items sorted by token length, stable), no sampling, inference mode.
@@ -29,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from components.collab import COLLAB_MODALITY, collaborative_vectors
 from components.config import Params
 from components.tables import id_map_path
 
@@ -131,8 +134,9 @@ def _load_extra(params: Params, n_items: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, file in params.embed_items.extra_modalities.items():
         where = f"embed_items.extra_modalities.{name}"
-        if not MODALITY_NAME.match(name) or name in {"text", "id_map", "meta"}:
-            raise EmbedItemsError(f"{where}: invalid modality name (letters, digits, _ or -; not text/id_map/meta)")
+        if not MODALITY_NAME.match(name) or name in {"text", "id_map", "meta", COLLAB_MODALITY}:
+            raise EmbedItemsError(f"{where}: invalid modality name (letters, digits, _ or -; not text/id_map/meta/"
+                                  f"{COLLAB_MODALITY})")
         path = params.resolve(file)
         if not path.is_file():
             raise EmbedItemsError(f"{where}: {path} not found")
@@ -199,6 +203,11 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
     id_map[["raw_id", "idx"]].to_parquet(tmp / "id_map.parquet", index=False)
     for name, arr in extras.items():
         np.save(tmp / f"{name}.npy", arr)
+    if cfg.collab.enabled:
+        train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                                columns=["user_idx", "item_idx", "order"])
+        extras[COLLAB_MODALITY] = collaborative_vectors(train, n, cfg.collab.dim, cfg.collab.window, params.seed)
+        np.save(tmp / f"{COLLAB_MODALITY}.npy", extras[COLLAB_MODALITY])
     dims = {"text": int(text.shape[1]), **{k: int(v.shape[1]) for k, v in extras.items()}}
     report = EmbedItemsReport(n_items=n, dims=dims, encoder=description, num_layers=layers, out_dir=str(cfg.out_dir))
     report.seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 app = typer.Typer(
     help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
-    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train, and baselines (expert models). "
+    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train, and baselines (expert models), then evaluate. "
     "Run them all with `dvc repro` (or `make run`).",
     no_args_is_help=True,
     add_completion=False,
@@ -148,6 +148,18 @@ def baselines(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debu
     _run("baselines", params, set_, debug, step)
 
 
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Evaluate the trained universal model on every task and prompt template (seen and unseen) for a
+    seeded subset of test users (evaluate.users_per_task), and the expert baselines on the same rows:
+    full-ranking HR/NDCG/MRR with seen items excluded, candidate-list HR@1/NDCG@5, CTR AUC/GAUC/LogLoss,
+    rating RMSE/MAE, text attribute-F1/ROUGE-L, prompt sensitivity → metrics/eval.json, metrics/plots/,
+    reports/eval.html, logged to MLflow (the training run when known)."""
+    from components.evaluation import evaluate as step
+
+    _run("evaluate", params, set_, debug, step)
+
+
 benchmark_app = typer.Typer(help="Measured comparisons written to metrics/*.json.", no_args_is_help=True)
 app.add_typer(benchmark_app, name="benchmark")
 
@@ -160,6 +172,17 @@ def benchmark_train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None
     from components.bench_train import benchmark_train as step
 
     _run("benchmark train", params, set_, debug, step)
+
+
+@benchmark_app.command("retrieval")
+def benchmark_retrieval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                        debug: DebugOpt = False) -> None:
+    """Per-user latency and HR@K of sequence-in-set-out retrieval (one forward pass + index top-K) vs
+    trie-constrained beam search over item titles, on the same trained model and test prompts
+    → metrics/bench_retrieval.json."""
+    from components.bench_retrieval import benchmark_retrieval as step
+
+    _run("benchmark retrieval", params, set_, debug, step)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
+from components.collab import COLLAB_MODALITY
 from components.config import Params
 from components.model.backbone import Backbone, load_backbone
 from components.model.fusion import ItemFusion
@@ -50,11 +51,18 @@ def item_statistics(params: Params, n_items: int) -> tuple[torch.Tensor, torch.T
 def load_modalities(params: Params) -> dict[str, torch.Tensor]:
     """Frozen item tables from `embed_items.out_dir`: text.npy plus every extra modality, `(N, d_m)` each."""
     folder = params.resolve(params.embed_items.out_dir)
-    names = ["text", *params.embed_items.extra_modalities]
+    names = ["text", *params.embed_items.extra_modalities] + (
+        [COLLAB_MODALITY] if params.embed_items.collab.enabled else [])
     missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {missing}.npy; run `unirec embed-items` first")
     return {n: torch.from_numpy(np.load(folder / f"{n}.npy").astype(np.float32)) for n in names}
+
+
+def token_embedding_rms(llm: torch.nn.Module) -> float:
+    """Per-coordinate RMS of the backbone's input token embeddings (the scale a fused item enters at)."""
+    table = llm.get_input_embeddings().weight.detach()
+    return float(table.float().pow(2).mean().sqrt())
 
 
 def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bool = True) -> Built:
@@ -80,7 +88,8 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
                      params.train.max_prompt_tokens, params.train.max_target_tokens)
     model = UniversalRecModel(
         llm=llm,
-        fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known),
+        fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
+                                      output_rms=token_embedding_rms(backbone.model)),
         user_head=SetQueryHead.from_params(params.model, h),
         item_head=ItemProjection.from_params(params.model, h),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,

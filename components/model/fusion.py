@@ -4,10 +4,20 @@ Modalities of item `i`:
 - `id`: a trainable embedding row of width `id_dim`, used only when `id_known[i]` (items seen in
   training); cold items, dropped items and items with `drop_id` use the frozen modalities alone;
 - frozen tables `(N, d_m)` given as tensors (`text` always, optionally e.g. `image`), registered
-  as buffers so they never receive gradients and never appear in `parameters()`.
+  as buffers so they never receive gradients and never appear in `parameters()`;
+- behavioural frozen tables (`collab`: vectors learned from training interactions) follow the ID's
+  mask: unknown for cold items, dropped with the ID (modality dropout, cold-start prompts), so the
+  text-only path is what a cold item always gets.
 
 Every modality MLP is `Linear(d_in, fusion_dim) → GELU → Linear(fusion_dim, fusion_dim)`; the
-output MLP is `Linear(fusion_dim, fusion_dim) → GELU → Linear(fusion_dim, hidden_size)`.
+output MLP is `Linear(fusion_dim, fusion_dim) → GELU → Linear(fusion_dim, hidden_size) → RMSNorm`.
+
+Scale matters: a fused vector replaces a token embedding inside the LLM, so the final RMSNorm's
+gain starts at `output_rms`, the per-coordinate RMS of the backbone's token embeddings (a fused
+item enters at the scale of a word). Frozen tables are standardised per coordinate at construction
+(mean 0, std 1 over the items that have the modality): encoder embeddings are highly anisotropic
+(mean-pooled LLM states of different titles have cosine ≈ 0.95), and without centring every item
+would enter the LLM as nearly the same vector.
 """
 
 from __future__ import annotations
@@ -15,10 +25,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from components.collab import COLLAB_MODALITY
 from components.config import ModelParams
 
 ID_MODALITY = "id"
 """Name of the trainable item-ID modality (reserved; frozen modalities use other names)."""
+BEHAVIOURAL_MODALITIES: tuple[str, ...] = (COLLAB_MODALITY,)
+"""Frozen modalities derived from interactions: used exactly where the ID is used."""
+
+
+def standardise(table: Tensor, present: Tensor) -> Tensor:
+    """`(N, d)` table with each coordinate at mean 0 / std 1 over the `present` rows; absent rows are 0."""
+    rows = table[present]
+    if rows.shape[0] < 2:
+        return torch.where(present.unsqueeze(1), table, 0.0)
+    mean, std = rows.mean(0), rows.std(0)
+    out = (table - mean) / torch.where(std > 1e-8, std, 1.0)
+    return torch.where(present.unsqueeze(1), out, 0.0)
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -37,6 +60,7 @@ class ItemFusion(nn.Module):
         frozen_modalities: name -> `(N, d_m)` float tensor (at least one, e.g. `{"text": ...}`).
         id_known: `(N,)` bool, True where the ID embedding is trained (False for cold items).
         modality_dropout: training-mode probability of dropping an item's ID modality.
+        output_rms: initial per-coordinate RMS of the output (the backbone's token-embedding RMS).
     """
 
     def __init__(
@@ -48,9 +72,10 @@ class ItemFusion(nn.Module):
         frozen_modalities: dict[str, Tensor],
         id_known: Tensor,
         modality_dropout: float,
+        output_rms: float = 1.0,
     ) -> None:
         super().__init__()
-        if not frozen_modalities:
+        if not set(frozen_modalities) - set(BEHAVIOURAL_MODALITIES):
             raise ValueError("ItemFusion needs at least one frozen modality (e.g. 'text'), else an item "
                              "with a dropped or unknown ID would have no vector")
         if not 0.0 <= modality_dropout < 1.0:
@@ -72,11 +97,14 @@ class ItemFusion(nn.Module):
                 raise ValueError(f"modality {name!r} must be ({n_items}, d), got {tuple(table.shape)}")
             if not torch.is_floating_point(table):
                 raise ValueError(f"modality {name!r} must be a float tensor, got {table.dtype}")
-            self.register_buffer(self._buffer_name(name), table.detach().clone())
+            present = id_known if name in BEHAVIOURAL_MODALITIES else torch.ones(n_items, dtype=torch.bool)
+            self.register_buffer(self._buffer_name(name), standardise(table.detach().float(), present))
             self.modality_mlps[name] = _mlp(table.shape[1], fusion_dim, fusion_dim)
         self.register_buffer("id_known", id_known.detach().clone())
         self.norm = nn.RMSNorm(fusion_dim)
-        self.output_mlp = _mlp(fusion_dim, fusion_dim, hidden_size)
+        self.output_mlp = nn.Sequential(*_mlp(fusion_dim, fusion_dim, hidden_size), nn.RMSNorm(hidden_size))
+        with torch.no_grad():
+            self.output_mlp[-1].weight.fill_(output_rms)
 
     @classmethod
     def from_params(
@@ -86,6 +114,7 @@ class ItemFusion(nn.Module):
         n_items: int,
         hidden_size: int,
         id_known: Tensor,
+        output_rms: float = 1.0,
     ) -> "ItemFusion":
         """Build from `params.model` (id_dim, fusion_dim, modality_dropout) and the frozen tables."""
         return cls(
@@ -96,6 +125,7 @@ class ItemFusion(nn.Module):
             frozen_modalities=modalities,
             id_known=id_known,
             modality_dropout=model.modality_dropout,
+            output_rms=output_rms,
         )
 
     @staticmethod
@@ -138,8 +168,10 @@ class ItemFusion(nn.Module):
         weight_dtype = self.output_mlp[0].weight.dtype
         for name in self.frozen_names:
             rows = self.frozen_table(name)[item_idx].to(weight_dtype)  # (..., d_m)
-            total = total + self.modality_mlps[name](rows)
-        return self.output_mlp(self.norm(total.float()))  # (..., hidden_size); RMSNorm in float32
+            part = self.modality_mlps[name](rows)  # (..., fusion_dim)
+            total = total + (torch.where(use_id, part, 0.0) if name in BEHAVIOURAL_MODALITIES else part)
+        hidden = self.output_mlp[:-1](self.norm(total.float()))  # (..., hidden_size)
+        return self.output_mlp[-1](hidden.float())  # both RMSNorms in float32 (autocast-safe)
 
     def all_items(self, drop_id: Tensor | bool | None = None) -> Tensor:
         """Fused vectors of the whole catalogue `(N, hidden_size)` (call in eval mode for an index)."""

@@ -18,6 +18,9 @@ from components.model.data import MixtureBatches, SequentialBatches
 from components.model.prompting import EncodedExample
 from components.model.universal import UniversalRecModel
 
+LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "item_head.standardise.")
+"""Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
+
 
 class RecDataModule(L.LightningDataModule):
     def __init__(self, train: dict[str, list[EncodedExample]], val: dict[str, list[EncodedExample]],
@@ -99,6 +102,7 @@ class LitUniversalRec(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable |= {f"model.{n}" for n, _ in self.model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
 

@@ -59,6 +59,19 @@ def _window(rng: np.random.Generator, seq: np.ndarray, end: int, cfg: TaskConfig
     return history_window(seq, end, horizon_length(horizon, cfg.tx.horizons, cfg.tx.max_history)), horizon
 
 
+def sequence_windows(length: int, max_history: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive windows tiling positions `[0, length)` from the end: the window's
+    history is `seq[start:end]` and its target is `seq[end]`; with the dense slots (slot p predicts
+    p + 1) every position 1..length-1 is a target of exactly one window (windows meet: end_k = start_k+1)."""
+    out: list[tuple[int, int]] = []
+    end = length - 1
+    while end >= 1:
+        start = max(0, end - max_history)
+        out.append((start, end))
+        end = start
+    return out[::-1]
+
+
 def _behaviours(items: np.ndarray, corpus: Corpus) -> list[Behaviour]:
     return [Behaviour(corpus.item_name[int(i)], corpus.item_genres[int(i)]) for i in items]
 
@@ -151,6 +164,10 @@ def train_instances(task: str, user: int, corpus: Corpus, registry: Registry, cf
             plan += [(o, int(t)) for t in choose(rng, pools[o], objectives.count(o))]
     else:
         plan = [(None, int(t)) for t in choose(rng, positions, n)]
+    if task == "next_item" and cfg.tx.next_item_windows:
+        for start, end in sequence_windows(len(seq), cfg.tx.max_history):
+            out.append(Instance(user=user, history=seq[start:end], target_items=(int(seq[end]),),
+                                rating=float(ratings[end]), horizon="window"))
     for objective, t in plan:
         hist, horizon = _window(rng, seq, t, cfg)
         inst = _next_like(user, task, seq, t, hist, horizon, float(ratings[t]), rng, corpus, registry, cfg)

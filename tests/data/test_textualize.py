@@ -86,6 +86,8 @@ def test_train_counts_follow_params_and_use_seen_templates_only(built):
         frame = _frame(params, task, "train")
         n = params.textualize.train_examples_per_user[task]
         assert (frame["template_kind"] == "seen").all()
+        if task == "next_item":  # sampled rows follow the count; window rows are checked in their own test
+            frame = frame[frame["horizon"] != "window"]
         assert set(frame["template_id"]) <= {t.id for t in registry.for_task(task, "seen")}
         assert frame.groupby("user_idx").size().max() <= n
         if task not in ("long_tail", "multi_objective"):  # the tiny users always qualify for these
@@ -227,6 +229,9 @@ def test_train_histories_follow_the_sampled_horizon(built):
     seqs, cfg = _train_seqs(params), params.textualize
     for task in ("next_item", "ctr", "rating", "multi_objective"):
         frame = _frame(params, task, "train")
+        if task == "next_item":
+            assert cfg.next_item_windows and (frame["horizon"] == "window").any()
+            frame = frame[frame["horizon"] != "window"]
         assert set(frame["horizon"]) <= set(cfg.horizons)
         for row in frame.itertuples():
             seq, target = seqs[row.user_idx], row.target_items[0]
@@ -238,6 +243,25 @@ def test_train_histories_follow_the_sampled_horizon(built):
                 assert row.n_history <= length
     liked = _frame(params, "multi_objective", "train").query("objective == 'like'")
     assert (liked["rating"] >= cfg.like_threshold).all()
+
+
+def test_next_item_windows_tile_each_training_sequence(built):
+    """Window rows cover the user's training sequence: with the dense slots every position >= 1 is a
+    target exactly once, and each window is a contiguous run of at most max_history items."""
+    params, _ = built
+    seqs, cap = _train_seqs(params), params.textualize.max_history
+    frame = _frame(params, "next_item", "train").query("horizon == 'window'")
+    for user, rows in frame.groupby("user_idx"):
+        seq = seqs[int(user)]
+        predicted: list[int] = []
+        for row in rows.itertuples():
+            items = [int(i) for i in row.items]
+            assert 1 <= len(items) <= cap
+            t = seq.index(int(row.target_items[0]))
+            assert seq[t - len(items):t] == items
+            predicted += items[1:] + [seq[t]]
+        assert sorted(predicted) == sorted(seq[1:])
+    assert frame["user_idx"].nunique() == sum(1 for s in seqs.values() if len(s) >= 2)
 
 
 def test_two_runs_are_byte_identical_and_counts_follow_overrides(built, make_params):
@@ -255,7 +279,7 @@ def test_two_runs_are_byte_identical_and_counts_follow_overrides(built, make_par
     fewer = make_params({"paths.canonical_dir": str(params.resolve(params.paths.canonical_dir)),
                          "paths.splits_dir": str(params.resolve(params.paths.splits_dir)),
                          "paths.examples_dir": "data/examples_fewer",
-                         "textualize.train_examples_per_user": counts})
+                         "textualize.train_examples_per_user": counts, "textualize.next_item_windows": False})
     report = textualize(fewer, progress=False)
     users = len(_train_seqs(params))
     assert report.counts["next_item"]["train"] == users and report.counts["infill"]["train"] == 3 * users

@@ -40,6 +40,7 @@ def _with(make_params, built: Params, tmp_path: Path, **overrides: object) -> Pa
     """Params reading the built canonical/examples folders and writing under this test's tmp_path."""
     return make_params({**TINY, "paths.canonical_dir": str(built.resolve(built.paths.canonical_dir)),
                         "paths.examples_dir": str(built.resolve(built.paths.examples_dir)),
+                        "paths.splits_dir": str(built.resolve(built.paths.splits_dir)),
                         "embed_items.out_dir": str(tmp_path / "emb"), **overrides})
 
 
@@ -56,7 +57,7 @@ def test_shape_dtype_id_map_meta_and_determinism(make_params, built: Params, tmp
     assert copied["idx"].tolist() == list(range(n))
     assert dict(zip(copied["raw_id"], copied["idx"])) == dict(zip(id_map["raw_id"], id_map["idx"]))
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["n_items"] == n and meta["dims"] == {"text": text.shape[1]}
+    assert meta["n_items"] == n and meta["dims"] == {"text": text.shape[1], "collab": built.embed_items.collab.dim}
     assert meta["encoder"] == "backbone" and meta["backbone_source"] == "tiny"
     assert meta["num_layers"] == built.backbone.tiny.num_layers
     # second run (other batch size → other batch composition) gives the same rows, first run's bytes exactly

@@ -160,3 +160,54 @@ def test_invalid_construction() -> None:
         ItemFusion.from_params(params, {"text": torch.randn(N_ITEMS + 1, D_TEXT)}, N_ITEMS, HIDDEN, known)
     with pytest.raises(ValueError, match="reserved"):
         ItemFusion.from_params(params, {"id": torch.randn(N_ITEMS, 3)}, N_ITEMS, HIDDEN, known)
+
+
+def make_fusion_with_collab(seed: int = 0) -> ItemFusion:
+    """Text + a behavioural `collab` table whose cold rows are zero (as components/collab.py writes them)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    collab = torch.randn(N_ITEMS, 5, generator=gen)
+    collab[list(COLD)] = 0.0
+    id_known = torch.ones(N_ITEMS, dtype=torch.bool)
+    id_known[list(COLD)] = False
+    modalities = {"text": torch.randn(N_ITEMS, D_TEXT, generator=gen), "collab": collab}
+    return ItemFusion.from_params(model_params(), modalities, N_ITEMS, HIDDEN, id_known)
+
+
+def test_collab_modality_follows_the_id_mask() -> None:
+    """Cold items and dropped IDs read neither the ID nor the collaborative row: text only."""
+    fusion = make_fusion_with_collab().eval()
+    cold, warm = torch.tensor(COLD), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(fusion(cold), text_only(fusion, cold), atol=1e-6)
+        assert torch.allclose(fusion(warm, drop_id=True), text_only(fusion, warm), atol=1e-6)
+        with_collab = fusion(warm)
+        fusion.frozen_table("collab")[warm] = 0.0  # a warm item's collab row does change its vector
+        assert not torch.allclose(with_collab, fusion(warm))
+
+
+def test_behavioural_modality_alone_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one frozen modality"):
+        ItemFusion.from_params(model_params(), {"collab": torch.zeros(N_ITEMS, 3)}, N_ITEMS, HIDDEN,
+                               torch.ones(N_ITEMS, dtype=torch.bool))
+
+
+def test_standardise_centres_present_rows_and_zeroes_absent_ones() -> None:
+    from components.model.fusion import standardise
+    table = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0], [100.0, 100.0]])
+    present = torch.tensor([True, True, True, False])
+    out = standardise(table, present)
+    # column 0: mean 3, std 2 -> (-1, 0, 1); column 1 is constant -> centred only; absent row -> 0
+    assert torch.allclose(out, torch.tensor([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_fused_vectors_enter_at_the_token_embedding_scale() -> None:
+    id_known = torch.ones(N_ITEMS, dtype=torch.bool)
+    text = torch.randn(N_ITEMS, D_TEXT) * 50 + 7  # badly scaled, off-centre encoder output
+    fusion = ItemFusion.from_params(model_params(), {"text": text}, N_ITEMS, HIDDEN, id_known, output_rms=0.13).eval()
+    with torch.no_grad():
+        out = fusion.all_items()
+    rms = out.pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, 0.13), rtol=1e-3)
+    stored = fusion.frozen_table("text")
+    assert torch.allclose(stored.mean(0), torch.zeros(D_TEXT), atol=1e-5)

@@ -111,7 +111,7 @@ def test_render_uses_placeholders_titles_and_collects_items(registry):
     assert "<item:1> GoldenEye (1995)" in row["prompt"]
     assert row["items"] == [2, 0, 1] and row["target_text"] == "yes" and row["template_kind"] == "seen"
     plain = render(inst, registry.by_id("ctr/seen-1"), "ctr", "valid", ctx)
-    assert "<item:2>, <item:0>" in plain["prompt"] and "Toy Story" not in plain["prompt"]
+    assert "<item:2><item:0>" in plain["prompt"] and "Toy Story" not in plain["prompt"]
     obj = Instance(user=5, history=[0], target_items=(1,), objective="like")
     assert "rate 4 or higher" in render(obj, registry.by_id("multi_objective/seen-2"), "multi_objective", "test",
                                         ctx)["prompt"]

@@ -1,0 +1,273 @@
+"""`unirec benchmark retrieval`: sequence-in-set-out vs trie-constrained beam search, same trained model.
+
+Both sides use the SAME backbone + LoRA adapter + fusion module (`load_trained`) and the same test
+prompts (the first ``benchmark.retrieval_users`` rows of template ``benchmark.retrieval_template`` in
+``data/examples/next_item/test.parquet``), one user at a time (batch size 1):
+
+* set-out: the next_item prompt ending in M `[UM]` tokens, ONE forward pass → `(1, M, D)` user vectors
+  → `CandidateIndex.topk` (``index.kind``) over the whole catalogue → K items.
+* beam: the same prompt text ending in `[LM]`, fused item vectors injected (`input_embeddings`) and fed
+  as ``inputs_embeds`` to the causal LM's ``generate`` with K beams / K returned sequences, constrained
+  by a `TitleTrie` of every item's tokenised name (" " + "Title (Year)", then EOS); each finished beam
+  maps back to its item id(s), duplicates merged, cut to K.
+
+Seen items (the user's train + valid interactions) are excluded on BOTH sides: the index through its
+``exclude`` list, the beam search by pruning the trie per user (per-node live counts; a title whose
+items are all seen is unreachable), which costs O(seen items × title tokens) per user and is timed.
+Latency per user covers prompt encoding → K item ids; the index and the trie are built once, untimed.
+The model is trained on set-out targets only for next_item prompts; generating titles after `[LM]` was
+never trained for them, so the beam side's HR reflects the LM's prior, not a tuned generator.
+Writes ``<paths.metrics_dir>/bench_retrieval.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from components.bench_train import item_names
+from components.config import Params
+from components.model.batching import Batch, collate
+from components.model.build import load_trained
+from components.model.data import examples_file
+from components.model.inference import catalogue_index, recommend
+from components.model.prompting import encode_example
+from components.model.universal import UniversalRecModel
+
+
+class TitleTrie:
+    """Prefix tree over item token sequences (each ending in EOS) for constrained decoding.
+
+    Node 0 is the root; the EOS edge of a complete title leads to a terminal node holding the ids of
+    every item with exactly that token sequence. `pruned(items)` gives a view (sharing the tree) in
+    which those items no longer count: a branch whose items are all removed is never allowed.
+    """
+
+    def __init__(self, sequences: Mapping[int, Sequence[int]], eos_id: int) -> None:
+        self.eos_id = eos_id
+        self._children: list[dict[int, int]] = [{}]
+        self._count: list[int] = [0]  # items at or below each node
+        self._terminal: dict[int, list[int]] = {}  # terminal node → item ids
+        self._paths: dict[int, list[int]] = {}  # item id → nodes on its path (root first)
+        self._removed: dict[int, int] = {}
+        self._excluded: frozenset[int] = frozenset()
+        for item, tokens in sequences.items():
+            if self.eos_id in tokens:
+                raise ValueError(f"item {item}: its token sequence contains the EOS id {eos_id}")
+            node, path = 0, [0]
+            self._count[0] += 1
+            for tok in [*tokens, eos_id]:
+                child = self._children[node].get(tok)
+                if child is None:
+                    child = len(self._children)
+                    self._children[node][tok] = child
+                    self._children.append({})
+                    self._count.append(0)
+                node = child
+                self._count[node] += 1
+                path.append(node)
+            self._terminal.setdefault(node, []).append(int(item))
+            self._paths[int(item)] = path
+
+    @property
+    def n_items(self) -> int:
+        return self._count[0] - self._removed.get(0, 0)
+
+    def lengths(self) -> list[int]:
+        """Token count of every item's sequence, EOS included (one entry per item)."""
+        return [len(path) - 1 for path in self._paths.values()]
+
+    def _live(self, node: int) -> bool:
+        return self._count[node] - self._removed.get(node, 0) > 0
+
+    def _walk(self, prefix_ids: Iterable[int]) -> int | None:
+        node = 0
+        for tok in prefix_ids:
+            node = self._children[node].get(int(tok), -1)
+            if node < 0 or not self._live(node):
+                return None
+        return node
+
+    def allowed(self, prefix_ids: Sequence[int]) -> list[int]:
+        """Tokens that extend `prefix_ids` towards a (non-pruned) title; EOS only after a complete one.
+
+        Empty for a prefix that leaves the trie or has already ended in EOS.
+        """
+        node = self._walk(prefix_ids)
+        if node is None:
+            return []
+        return [tok for tok, child in self._children[node].items() if self._live(child)]
+
+    def items(self, sequence: Sequence[int]) -> list[int]:
+        """Item ids of a generated sequence: its tokens up to and including the first EOS must be a
+        complete title (anything after that EOS, e.g. padding, is ignored); [] otherwise."""
+        seq = [int(t) for t in sequence]
+        if self.eos_id not in seq:
+            return []
+        node = self._walk(seq[: seq.index(self.eos_id) + 1])
+        if node is None:
+            return []
+        return [i for i in self._terminal.get(node, []) if i not in self._excluded]
+
+    def pruned(self, items: Iterable[int]) -> "TitleTrie":
+        """A view of this trie without `items` (unknown ids ignored); O(Σ title length) to build."""
+        view = copy.copy(self)
+        view._removed, view._excluded = dict(self._removed), self._excluded | {int(i) for i in items}
+        for item in view._excluded - self._excluded:
+            for node in self._paths.get(item, []):
+                view._removed[node] = view._removed.get(node, 0) + 1
+        return view
+
+
+class RetrievalBenchmark(dict):
+    """The JSON written to bench_retrieval.json (a dict), with a one-screen summary for the CLI."""
+
+    def summary(self) -> str:
+        s, b, k = self["set_out"], self["beam"], self["k"]
+        return (f"benchmark retrieval ({self['users']} users of {self['template']}, K={k}, batch size 1):\n"
+                f"  set-out p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, {s['users_per_s']:.2f} users/s, "
+                f"HR@{k} {s[f'hr@{k}']:.3f}\n"
+                f"  beam    p50 {b['p50_ms']:.1f} ms, p95 {b['p95_ms']:.1f} ms, {b['users_per_s']:.2f} users/s, "
+                f"HR@{k} {b[f'hr@{k}']:.3f}\n"
+                f"  speedup (beam p50 / set-out p50) {self['speedup_p50']:.1f}x")
+
+
+def title_sequences(names: Mapping[int, str], tokenizer: PreTrainedTokenizerBase) -> dict[int, list[int]]:
+    """item idx → token ids of " " + name (how text follows `[LM]` in training targets)."""
+    return {i: tokenizer.encode(" " + name, add_special_tokens=False) for i, name in names.items()}
+
+
+def seen_items(params: Params) -> dict[int, list[int]]:
+    """user idx → items of the user's train and valid interactions (everything before the test item)."""
+    folder = params.resolve(params.paths.splits_dir)
+    frames = [pd.read_parquet(folder / f"{s}.parquet", columns=["user_idx", "item_idx"]) for s in ("train", "valid")]
+    both = pd.concat(frames, ignore_index=True)
+    return {int(u): sorted(set(g.tolist())) for u, g in both.groupby("user_idx")["item_idx"]}
+
+
+def benchmark_rows(params: Params) -> list[dict]:
+    """The first `retrieval_users` test rows of `retrieval_template` (one row per user)."""
+    cfg = params.benchmark
+    frame = pd.read_parquet(examples_file(params.resolve(params.paths.examples_dir), "next_item", "test"))
+    frame = frame[frame["template_id"] == cfg.retrieval_template].drop_duplicates("user_idx")
+    if frame.empty:
+        raise ValueError(f"benchmark.retrieval_template {cfg.retrieval_template!r}: no next_item test rows")
+    return frame.head(cfg.retrieval_users).to_dict("records")
+
+
+@torch.inference_mode()
+def beam_search_items(model: UniversalRecModel, batch: Batch, trie: TitleTrie, k: int,
+                      max_new_tokens: int) -> tuple[list[int], int]:
+    """Trie-constrained beam search (K beams, K returned sequences) after `[LM]` for ONE prompt.
+
+    `batch` holds one row encoded with `with_target=False` (ending in `[LM]`); its `(1, T, H)` input
+    embeddings (fused item vectors injected) go to the causal LM's `generate` as `inputs_embeds`, which
+    returns `(K, L)` new tokens. Returns (up to k distinct item ids in beam order, number of the K
+    sequences that are complete titles of `trie`).
+    """
+    eos = trie.eos_id
+    out = model.llm.generate(
+        inputs_embeds=model.input_embeddings(batch), attention_mask=batch.attention_mask, num_beams=k,
+        num_return_sequences=k, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+        pad_token_id=eos, prefix_allowed_tokens_fn=lambda _b, ids: trie.allowed(ids.tolist()) or [eos])
+    found = [trie.items(seq) for seq in out.tolist()]
+    items: list[int] = []
+    for ids in found:
+        items += [i for i in ids if i not in items]
+    return items[:k], sum(bool(ids) for ids in found)
+
+
+def _timed(rows: list[dict], fn: Callable[[dict], list[int]], warmup: int,
+           desc: str) -> tuple[list[list[int]], list[float]]:
+    """Run `fn` on rows[:warmup] untimed, then on every row timed → (item lists, seconds per row)."""
+    for row in rows[:warmup]:
+        fn(row)
+    results, seconds = [], []
+    for row in tqdm(rows, desc=desc, leave=False, disable=None):
+        start = time.perf_counter()
+        results.append(fn(row))
+        seconds.append(time.perf_counter() - start)
+    return results, seconds
+
+
+def _side(results: list[list[int]], seconds: list[float], targets: list[int], k: int) -> dict:
+    ms = np.asarray(seconds) * 1000.0
+    hits = [t in r[:k] for r, t in zip(results, targets)]
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "mean_ms": float(ms.mean()), "users_per_s": len(ms) / float(np.sum(seconds)),
+            f"hr@{k}": float(np.mean(hits)), "users_with_fewer_than_k": sum(len(r) < k for r in results)}
+
+
+def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
+    """Time set-out retrieval and trie-constrained beam search per user; write bench_retrieval.json."""
+    cfg, k = params.benchmark, params.benchmark.retrieval_k
+    if params.train.num_threads:
+        torch.set_num_threads(params.train.num_threads)
+        faiss.omp_set_num_threads(params.train.num_threads)
+    built = load_trained(params)
+    model, tok, spec = built.model.eval(), built.backbone.tokenizer, built.spec
+    pad = int(tok.pad_token_id)
+    rows = benchmark_rows(params)
+    seen = seen_items(params)
+    targets = [int(r["target_items"][0]) for r in rows]
+    autocast = params.train.precision.startswith("bf16")
+
+    start = time.perf_counter()
+    index = catalogue_index(model, params.index)
+    index_build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    names = item_names(params)
+    trie = TitleTrie(title_sequences(names, tok), spec.eos_id)
+    trie_build_s = time.perf_counter() - start
+    if trie.n_items != model.n_items:
+        raise ValueError(f"items table has {trie.n_items} items, the model {model.n_items}")
+    lengths = trie.lengths()
+
+    def set_out(row: dict) -> list[int]:
+        batch = collate([encode_example(row, tok, spec)], pad)
+        ids, _ = recommend(model, index, batch, k, [seen.get(int(row["user_idx"]), [])])
+        return ids[0].tolist()
+
+    complete: dict[str, int] = {}  # example_id → returned sequences that are complete (unseen) titles
+
+    def beam(row: dict) -> list[int]:
+        batch = collate([encode_example({**row, "task": "text"}, tok, spec, with_target=False)], pad)
+        user_trie = trie.pruned(seen.get(int(row["user_idx"]), []))
+        items, n_complete = beam_search_items(model, batch, user_trie, k, cfg.retrieval_max_new_tokens)
+        complete[str(row["example_id"])] = n_complete
+        return items
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        set_results, set_seconds = _timed(rows, set_out, cfg.retrieval_warmup, "set-out")
+        beam_results, beam_seconds = _timed(rows, beam, cfg.retrieval_warmup, "beam")
+    result = RetrievalBenchmark({
+        "users": len(rows), "k": k, "template": cfg.retrieval_template, "warmup": cfg.retrieval_warmup,
+        "threads": torch.get_num_threads(), "precision": params.train.precision,
+        "backbone_layers": built.backbone.num_layers, "n_items": model.n_items,
+        "prompt_tokens_mean": float(np.mean([len(encode_example(r, tok, spec).input_ids) for r in rows])),
+        "set_out": {**_side(set_results, set_seconds, targets, k), "index_kind": params.index.kind,
+                    "index_build_s": index_build_s},
+        "beam": {**_side(beam_results, beam_seconds, targets, k), "num_beams": k,
+                 "max_new_tokens": cfg.retrieval_max_new_tokens, "longest_title_tokens": max(lengths),
+                 "titles_longer_than_max_new_tokens": sum(n > cfg.retrieval_max_new_tokens for n in lengths),
+                 "trie_build_s": trie_build_s,
+                 "complete_sequence_fraction": sum(complete.values()) / (len(complete) * k)},
+        "seen_items": "excluded on both sides (train + valid items of the user): set-out via the index "
+                      "exclude list, beam by pruning the title trie per user (timed)",
+        "sample": {"user_idx": int(rows[0]["user_idx"]), "target": names[targets[0]],
+                   "set_out": [names[i] for i in set_results[0]], "beam": [names[i] for i in beam_results[0]]},
+    })
+    result["speedup_p50"] = result["beam"]["p50_ms"] / result["set_out"]["p50_ms"]
+    out = params.resolve(params.paths.metrics_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_retrieval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,74 @@
+"""Collaborative item vectors: a frozen item modality learned from the training interactions alone.
+
+Items that appear near each other in users' time-ordered training sequences get similar vectors:
+symmetric co-occurrence counts within `window` positions (weighted 1/distance) → positive pointwise
+mutual information (PPMI) → truncated SVD (`U·sqrt(S)`) → rows L2-normalised and scaled by
+sqrt(dim) (unit root-mean-square per coordinate, the scale the fusion MLP expects). This is the
+"collaborative embedding as an extra item modality" of CoLLM / LLaRA, computed in seconds.
+
+Items without training interactions (cold items) get an all-zero row; `ItemFusion` treats this
+modality like the ID (`model.behavioural_modalities`), so cold items never read it.
+Only `data/splits/train.parquet` is read: validation and test interactions never leak in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.utils.extmath import randomized_svd
+
+COLLAB_MODALITY = "collab"
+"""File stem (`<embed_items.out_dir>/collab.npy`) and modality name of the collaborative vectors."""
+
+
+def cooccurrence(sequences: list[np.ndarray], n_items: int, window: int) -> sp.csr_matrix:
+    """Symmetric `(N, N)` co-occurrence of items at distance 1..window in each sequence, weight 1/distance."""
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for seq in sequences:
+        for off in range(1, min(window, len(seq) - 1) + 1):
+            a, b = seq[:-off], seq[off:]
+            w = np.full(len(a), 1.0 / off)
+            rows += [a, b]
+            cols += [b, a]
+            vals += [w, w]
+    if not rows:
+        return sp.csr_matrix((n_items, n_items))
+    matrix = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(n_items, n_items))
+    return matrix.tocsr()  # duplicates summed
+
+
+def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """Positive PMI of a non-negative count matrix (zero where the count is zero)."""
+    total = counts.sum()
+    if total <= 0:
+        return counts.copy()
+    row = np.asarray(counts.sum(1)).ravel()
+    coo = counts.tocoo()
+    pmi = np.log(coo.data * total / (row[coo.row] * row[coo.col]))
+    keep = pmi > 0
+    return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
+
+
+def collaborative_vectors(train: pd.DataFrame, n_items: int, dim: int, window: int, seed: int) -> np.ndarray:
+    """`(N, dim)` float32 item vectors from `train` (columns user_idx, item_idx, order).
+
+    Deterministic for a given seed (randomized SVD with a fixed random_state). Zero rows for items
+    without training interactions.
+    """
+    if dim < 1 or window < 1:
+        raise ValueError(f"collab dim and window must be >= 1, got dim={dim}, window={window}")
+    ordered = train.sort_values(["user_idx", "order"], kind="stable")
+    sequences = [g.to_numpy(dtype=np.int64) for _, g in ordered.groupby("user_idx", sort=True)["item_idx"]]
+    matrix = ppmi(cooccurrence(sequences, n_items, window))
+    k = min(dim, n_items - 1)
+    out = np.zeros((n_items, dim), dtype=np.float64)
+    if matrix.nnz and k >= 1:
+        u, s, _ = randomized_svd(matrix, n_components=k, n_iter=7, random_state=seed)
+        out[:, :k] = u * np.sqrt(s)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0) * np.sqrt(dim)
+    return out.astype(np.float32)
