@@ -92,10 +92,15 @@ class UniversalRecModel(nn.Module):
                              use_cache=False)
         return out.last_hidden_state
 
+    @staticmethod
+    def user_token_states(hidden: Tensor, batch: Batch) -> Tensor:
+        """`(S, M, H)` hidden states of the `[UM]` slots of the set-out rows."""
+        rows = batch.user_rows.unsqueeze(1).expand_as(batch.user_cols)
+        return hidden[rows, batch.user_cols]
+
     def user_vectors(self, hidden: Tensor, batch: Batch) -> Tensor:
         """`(S, M, D)` user vectors of the set-out rows from their `[UM]` hidden states."""
-        rows = batch.user_rows.unsqueeze(1).expand_as(batch.user_cols)
-        return self.user_head(hidden[rows, batch.user_cols])
+        return self.user_head(self.user_token_states(hidden, batch))
 
     def verbaliser(self, task: str) -> Tensor:
         return getattr(self, f"verbaliser_{task}")
@@ -135,8 +140,7 @@ class UniversalRecModel(nn.Module):
                           generator: torch.Generator | None, out: dict[str, Tensor]) -> None:
         # one user_head call over the [UM] and the dense slots: the head's running statistics see
         # both read-outs in the same proportions every step
-        rows = batch.user_rows.unsqueeze(1).expand_as(batch.user_cols)
-        um_hidden = hidden[rows, batch.user_cols]  # (S, M, H)
+        um_hidden = self.user_token_states(hidden, batch)  # (S, M, H)
         s, m = um_hidden.shape[:2]
         read = torch.cat([um_hidden.reshape(s * m, -1), hidden[batch.dense_rows, batch.dense_cols]])
         vectors = self.user_head(read)  # (S*M + Q, D)
