@@ -14,11 +14,22 @@ export DO_NOT_TRACK := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Prefect offline: no PREFECT_API_URL -> the ephemeral API server, its SQLite DB under .prefect/.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= components
+RUN_ARGS ?=
+PREFECT_PORT ?= 4200
+LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: venv run test test-slow test-all help
+.PHONY: venv run repro champion-eval server deploy worker test test-slow test-all help
 
 help:
-	@echo "make run        - run the pipeline end to end on the default (MovieLens-100K)"
+	@echo "make run        - the pipeline end to end (Prefect flow, cached per step): champion model in MLflow"
+	@echo "                  RUN_ARGS='--set train.max_steps=1 --set train.resume=false' passes overrides"
+	@echo "make repro      - the same data/model stages through DVC (dvc repro)"
+	@echo "make champion-eval - evaluate the registered champion (the daily deployment's flow)"
+	@echo "make server / deploy / worker - local Prefect server, the prefect.yaml deployments, a process worker"
 	@echo "make test       - run the default test suite (CI calls this)"
 	@echo "make test-slow  - run only the slow tests (real fetch, full ml-100k)"
 	@echo "make test-all   - run every test"
@@ -33,9 +44,30 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e ".[test]"
 	touch $(STAMP)
 
-# The DVC pipeline (fetch → ingest → validate → split → textualize); later stages join as they land.
+# The pipeline as one Prefect flow (flows/pipeline.py) on Prefect's ephemeral API: every step a cached
+# task over its component function, then index, evaluate, register and promote (MLflow registry).
 run: $(STAMP)
+	$(BIN)/python -m flows.pipeline $(RUN_ARGS)
+
+# The DVC path over the same component functions (dvc.yaml stages).
+repro: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+champion-eval: $(STAMP)
+	$(BIN)/python -m flows.champion_eval $(RUN_ARGS)
+
+# Scheduled runs (README "Orchestration"): a local Prefect server, the deployments of prefect.yaml, a worker.
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect work-pool create unirec-process --type process --overwrite
+	# = `prefect --no-prompt deploy --all`, plus the fix of flows/deploy.py (the plain CLI stops after one deployment)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/python -m flows.deploy --all
+
+worker: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} UNIREC_PROJECT_DIR=$(CURDIR) PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/prefect worker start --pool unirec-process
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

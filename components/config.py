@@ -194,6 +194,7 @@ class TextualizeParams(_Strict):
     horizon_weights: dict[Literal["long", "medium", "short"], float]
     train_examples_per_user: dict[str, int]
     next_item_windows: bool = False
+    window_templates: list[str] = []
     like_threshold: float
     tail_quantile: float = Field(gt=0.0, lt=1.0)
     summary_top_genres: int = Field(ge=1)
@@ -277,6 +278,10 @@ class ModelParams(_Strict):
     num_negatives: int = Field(ge=0)
     l2_normalize: bool
     item_bias: bool = True
+    output_id_embedding: bool = False
+    softmax: Literal["sampled", "full"] = "sampled"
+    history_skip_items: int = Field(default=0, ge=0)
+    standardise_momentum: float = Field(default=0.05, gt=0.0, le=1.0)
 
 
 class IndexParams(_Strict):
@@ -286,6 +291,7 @@ class IndexParams(_Strict):
     hnsw_m: int = Field(ge=2)
     hnsw_ef_construction: int = Field(ge=1)
     hnsw_ef_search: int = Field(ge=1)
+    out_dir: str
 
 
 class LoraParams(_Strict):
@@ -314,6 +320,9 @@ class TrainParams(_Strict):
     num_threads: int = Field(ge=0)
     val_examples_per_task: int = Field(ge=0)
     val_check_interval: int = Field(ge=1)
+    curve_every_n_steps: int = Field(default=0, ge=0)
+    curve_users: int = Field(default=200, ge=1)
+    curve_templates: list[str] = []
     checkpoint_every_n_steps: int = Field(ge=1)
     resume: bool
     log_every_n_steps: int = Field(ge=1)
@@ -439,6 +448,71 @@ class EvaluateParams(_Strict):
         return v
 
 
+def _metric_spec(spec: str) -> str:
+    """`<task>.<metric>` (e.g. ``next_item.ndcg@10``, ``multi_objective.like/ndcg@10``) with a known task."""
+    task, _, metric = spec.partition(".")
+    if task not in TASKS or not metric:
+        raise ValueError(f"metric '{spec}' must be <task>.<metric> with a task of {list(TASKS)}")
+    return spec
+
+
+class ServingParams(_Strict):
+    default_task: str
+    default_k: int = Field(ge=1)
+    max_k: int = Field(ge=1)
+    max_rows: int = Field(ge=1)
+    max_items: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=1)
+    autocast_bf16: bool
+    num_threads: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "ServingParams":
+        if self.default_task not in TASKS:
+            raise ValueError(f"registry.serving.default_task must be one of {list(TASKS)}")
+        if self.default_k > self.max_k:
+            raise ValueError("registry.serving.default_k must be <= max_k")
+        return self
+
+
+class RegistryParams(_Strict):
+    model_name: str = Field(min_length=1)
+    challenger_alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    champion_alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    gate_metric: str
+    gate_margin: float = Field(ge=0.0)
+    tracked_metrics: list[str]
+    regression_tolerance: float = Field(ge=0.0)
+    metrics_file: str
+    promotion_file: str
+    serving: ServingParams
+
+    @field_validator("gate_metric")
+    @classmethod
+    def _gate(cls, v: str) -> str:
+        return _metric_spec(v)
+
+    @field_validator("tracked_metrics")
+    @classmethod
+    def _tracked(cls, v: list[str]) -> list[str]:
+        return [_metric_spec(s) for s in v]
+
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> "RegistryParams":
+        if self.challenger_alias == self.champion_alias:
+            raise ValueError("registry.challenger_alias and registry.champion_alias must differ")
+        return self
+
+
+class OrchestrationParams(_Strict):
+    results_dir: str
+    fetch_retries: int = Field(ge=0)
+    registry_retries: int = Field(ge=0)
+    retry_delay_s: int = Field(ge=0)
+    champion_eval_dir: str
+
+
 class Params(_Strict):
     seed: int
     paths: PathsParams
@@ -458,6 +532,8 @@ class Params(_Strict):
     benchmark: BenchmarkParams
     baselines: BaselinesParams
     evaluate: EvaluateParams
+    registry: RegistryParams
+    orchestration: OrchestrationParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
 from components.config import Params
+from components.evaluation.curve import RetrievalCurve
 from components.model.build import Built, build_model, save_artifacts, trainable_summary
 from components.model.data import encode_frames, load_examples
 from components.model.lightning import LitUniversalRec, RecDataModule, ThroughputMonitor
@@ -81,7 +82,9 @@ def run_fingerprint(params: Params) -> str:
     for name in (params.resolve(params.paths.examples_dir) / "manifest.json",
                  params.resolve(params.embed_items.out_dir) / "meta.json"):
         parts[name.name] = name.read_text(encoding="utf-8") if name.is_file() else None
-    for volatile in ("resume", "max_steps", "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps"):
+    # max_steps is NOT volatile: the learning-rate schedule depends on it, and a lower value must retrain
+    for volatile in ("resume", "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps",
+                     "curve_every_n_steps", "curve_users", "curve_templates"):
         parts["train"].pop(volatile, None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -154,8 +157,9 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     resume = _resume_point(params, ckpt_dir)
     logger = _mlflow_logger(params, ckpt_dir)
     monitor = ThroughputMonitor()
+    curve = RetrievalCurve(params, built) if cfg.curve_every_n_steps else None
     n_val = sum(-(-len(v) // cfg.batch_size) for v in val_sets.values())
-    trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, callbacks or [])
+    trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, [*([curve] if curve else []), *(callbacks or [])])
     lit = LitUniversalRec(built.model, cfg, seed)
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
@@ -167,7 +171,8 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
                          artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume)
     metrics_dir = params.resolve(params.paths.metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()}}
+    payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()},
+                                "retrieval_curve": curve.points if curve else []}
     (metrics_dir / "train.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     logger.experiment.log_dict(logger.run_id, payload, "train_report.json")
     for task, c in report.losses.items():

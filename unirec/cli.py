@@ -24,7 +24,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 app = typer.Typer(
     help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
     "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train, and baselines (expert models), then evaluate. "
-    "Run them all with `dvc repro` (or `make run`).",
+    "Run them all with `make run` (the Prefect flow, `unirec flow run`) or `dvc repro`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -160,6 +160,80 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug
     _run("evaluate", params, set_, debug, step)
 
 
+@app.command()
+def index(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Build the faiss index (index.kind: flat | ivf | hnsw) over the trained item vectors
+    (<train.out_dir>/item_vectors.npy) → index.out_dir (items.faiss + meta.json with the vectors' sha256)."""
+    from components.indexing import build_item_index as step
+
+    _run("index", params, set_, debug, step)
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Log the trained model (adapter, fusion/heads, item vectors, faiss index, id maps, titles, histories,
+    prompt registry) as an MLflow pyfunc into the training run with params, git commit, dvc.lock hash, eval
+    figures and reports; register a new version of registry.model_name with alias registry.challenger_alias
+    (an identical model reuses its version) → registry.metrics_file."""
+    from components.registry import register_model as step
+
+    _run("register", params, set_, debug, _registry(step))
+
+
+@app.command()
+def promote(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
+            rollback: Annotated[bool, typer.Option("--rollback", help="Move the champion alias back to the "
+                                                   "previous champion.")] = False) -> None:
+    """Move registry.champion_alias to the challenger if the gate passes (registry.gate_metric >= champion's +
+    gate_margin, no tracked metric regressing by more than regression_tolerance; the first model becomes
+    champion); the decision and figures become version tags → registry.promotion_file."""
+    from components.registry import promote as step
+
+    _run("promote", params, set_, debug, _registry(lambda p: step(p, rollback=rollback)))
+
+
+def _registry(fn: Callable[[object], object]) -> Callable[[object], object]:
+    """MLflow errors (tracking server unreachable, unknown model, ...) as one clear line, like the others."""
+    def call(params: object) -> object:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(params)
+        except MlflowException as exc:
+            raise RuntimeError(f"MLflow: {exc.message}") from exc
+
+    return call
+
+
+def _ids(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@app.command()
+def recommend(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
+              user: Annotated[str | None, typer.Option("--user", "-u", help="Original user id.")] = None,
+              history: Annotated[str | None, typer.Option("--history", help="Comma-separated item ids, oldest "
+                                                          "first (default: the user's stored history).")] = None,
+              task: Annotated[str, typer.Option("--task", "-t", help="Task (next_item, query, ctr, ...).")] = "next_item",
+              k: Annotated[int, typer.Option("-k", help="Items to recommend.")] = 10,
+              query: Annotated[str | None, typer.Option("--query", "-q", help="Text query (task query) or "
+                                                        "masked passage (task infill).")] = None,
+              items: Annotated[str | None, typer.Option("--items", help="Comma-separated item ids: targets "
+                                                        "(ctr, rating) or candidates (candidate_choice).")] = None,
+              objective: Annotated[str, typer.Option("--objective", help="multi_objective objective.")] = "",
+              template_id: Annotated[str, typer.Option("--template-id", help="Prompt template (default: the "
+                                                       "task's first seen template).")] = "",
+              alias: Annotated[str | None, typer.Option("--alias", help="Registry alias (default: champion).")]
+              = None) -> None:
+    """Print recommendations (item ids, titles, scores; or generated text) of the registered champion
+    (models:/<registry.model_name>@champion) for a user id or an explicit history."""
+    from components.registry import recommend as step
+
+    _run("recommend", params, set_, debug, _registry(lambda p: step(
+        p, user, _ids(history), task, k, query, items=_ids(items), objective=objective, template_id=template_id,
+        alias=alias)))
+
+
 benchmark_app = typer.Typer(help="Measured comparisons written to metrics/*.json.", no_args_is_help=True)
 app.add_typer(benchmark_app, name="benchmark")
 
@@ -183,6 +257,41 @@ def benchmark_retrieval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
     from components.bench_retrieval import benchmark_retrieval as step
 
     _run("benchmark retrieval", params, set_, debug, step)
+
+
+flow_app = typer.Typer(help="Prefect flows (flows/): the whole pipeline with per-step caching, and the daily "
+                       "champion evaluation. Offline: Prefect's ephemeral API server, PREFECT_HOME=.prefect/.",
+                       no_args_is_help=True)
+app.add_typer(flow_app, name="flow")
+
+
+def _flow_args(params: Path, sets: list[str] | None, **lists: list[str] | None) -> list[str]:
+    args = ["--params", str(params)] + [a for s in sets or [] for a in ("--set", s)]
+    return args + [a for opt, values in lists.items() for v in values or [] for a in (f"--{opt}", v)]
+
+
+@flow_app.command("run")
+def flow_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+             skip: Annotated[list[str] | None, typer.Option("--skip", help="Step not to run (repeatable).")] = None,
+             refresh: Annotated[list[str] | None, typer.Option("--refresh", help="Step to rerun even if cached.")] = None
+             ) -> None:
+    """The pipeline as one Prefect flow (what `make run` runs): every step cached on the sha256 of its inputs
+    and its params (from dvc.yaml), then index, evaluate, register (alias challenger) and promote (champion
+    only through the gate); ends with a per-step summary and fails naming the failed step."""
+    from flows.pipeline import main as run_flow
+
+    raise typer.Exit(run_flow(_flow_args(params, set_, skip=skip, refresh=refresh)))
+
+
+@flow_app.command("champion-eval")
+def flow_champion_eval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+                       alias: Annotated[str | None, typer.Option("--alias", help="Registry alias (default: champion).")]
+                       = None) -> None:
+    """Download the registered champion and evaluate it on the current splits and baselines (MLflow experiment
+    `<experiment>.champion-eval`, files under orchestration.champion_eval_dir)."""
+    from flows.champion_eval import main as eval_flow
+
+    raise typer.Exit(eval_flow(_flow_args(params, set_) + (["--alias", alias] if alias else [])))
 
 
 def main() -> None:  # pragma: no cover - console entry point

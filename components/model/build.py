@@ -91,9 +91,10 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
                                       output_rms=token_embedding_rms(backbone.model)),
         user_head=SetQueryHead.from_params(params.model, h),
-        item_head=ItemProjection.from_params(params.model, h),
+        item_head=ItemProjection.from_params(params.model, h, n_items),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
-        num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids)
+        num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,
+        full_softmax=params.model.softmax == "full", history_window=params.model.history_skip_items)
     return Built(model=model, backbone=backbone, spec=spec)
 
 

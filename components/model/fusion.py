@@ -152,16 +152,18 @@ class ItemFusion(nn.Module):
             use_id = use_id & kept
         return use_id
 
-    def forward(self, item_idx: Tensor, drop_id: Tensor | bool | None = None) -> Tensor:
+    def forward(self, item_idx: Tensor, drop_id: Tensor | bool | None = None, use_id: Tensor | None = None) -> Tensor:
         """Fuse the modalities of `item_idx` `(...)` long → `(..., hidden_size)`.
 
         Frozen modalities are always present, so no item ever loses every modality. An item whose
         ID is not used gets exactly zero ID contribution (its embedding row is never read into the
-        result, so untrained or even non-finite rows of cold items cannot leak in).
+        result, so untrained or even non-finite rows of cold items cannot leak in). `use_id` `(...)`
+        bool: a mask already drawn with `id_mask` (then `drop_id` is ignored), so a caller can apply
+        the same ID mask elsewhere (the output ID rows of `ItemProjection`).
         """
         if item_idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"item_idx must be an integer tensor, got {item_idx.dtype}")
-        use_id = self.id_mask(item_idx, drop_id).unsqueeze(-1)  # (..., 1)
+        use_id = (self.id_mask(item_idx, drop_id) if use_id is None else use_id).unsqueeze(-1)  # (..., 1)
         id_rows = torch.where(use_id, self.id_embedding(item_idx), 0.0)  # (..., id_dim)
         id_part = self.modality_mlps[ID_MODALITY](id_rows)  # (..., fusion_dim)
         total = torch.where(use_id, id_part, 0.0)

@@ -7,8 +7,9 @@ of the logits fixed by the softmax temperature alone (URM/two-tower practice wit
 and makes faiss inner-product search equal to cosine search. Without it the raw projection is used.
 An item's score for a user is the max over the user's M vectors (`set_scores`).
 
-With `model.item_bias` both heads append one column: the user side a constant 1, the item side a
-learned linear function of the item's fused vector, so every score is `cos(u, v) + b(item)`. The bias
+With `model.item_bias` both heads append one column: the user side `1 + a(prompt)` (a learned linear
+function of the standardised hidden state, zero-initialised), the item side a learned linear function
+of the item's fused vector, so every score is `cos(u, v) + (1 + a) · b(item)`. The bias
 carries popularity (or, for a cold item, what its content predicts of it): without it, unit vectors
 at temperature τ can only express popularity by pulling every item towards one shared direction,
 which collapses all users onto the same vector in the first hundred steps (measured). Inner
@@ -59,10 +60,11 @@ class _Projection(nn.Module):
     """`(..., H) -> (..., D [+ 1])`: running standardisation, two-layer MLP, optionally L2-normalised,
     optionally followed by the score-bias column (see `SetQueryHead` / `ItemProjection`)."""
 
-    def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False) -> None:
+    def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False,
+                 momentum: float = 0.05) -> None:
         super().__init__()
         self.l2_normalize, self.bias_column = l2_normalize, bias_column
-        self.standardise = RunningStandardise(hidden_size)
+        self.standardise = RunningStandardise(hidden_size, momentum)
         self.mlp = nn.Sequential(
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, retrieval_dim)
         )
@@ -70,9 +72,11 @@ class _Projection(nn.Module):
     def _last_column(self, standardised: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, offset: Tensor | None = None) -> Tensor:
+        """`(..., H)` → `(..., D [+ 1])`; `offset` `(..., D)` is added before the L2 normalisation."""
         x = self.standardise(hidden)
         out = self.mlp(x)
+        out = out if offset is None else out + offset.to(out.dtype)
         out = F.normalize(out, dim=-1) if self.l2_normalize else out
         return torch.cat([out, self._last_column(x).to(out.dtype)], dim=-1) if self.bias_column else out
 
@@ -83,33 +87,81 @@ class SetQueryHead(_Projection):
     `forward(hidden)`: `(B, M, H)` hidden states of the M `[UM]` tokens → `(B, M, D)` user vectors;
     equally `(B, T, H) → (B, T, D)` to read a user vector at every item position (dense training),
     or any `(..., H) → (..., D)`.
+
+    With `history_path` (`model.history_skip_items > 0`) `forward(hidden, history)` also takes the
+    mean fused input vector of the recent items `(..., H)` (`history.recent_item_mean`) through its
+    own standardise → MLP, added to the hidden-state MLP's output before the normalisation.
     """
 
+    def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False,
+                 history_path: bool = False, momentum: float = 0.05) -> None:
+        super().__init__(hidden_size, retrieval_dim, l2_normalize, bias_column, momentum)
+        self.bias_scale = nn.Linear(hidden_size, 1) if bias_column else None
+        if self.bias_scale is not None:
+            nn.init.zeros_(self.bias_scale.weight)
+            nn.init.zeros_(self.bias_scale.bias)
+        self.history_standardise = RunningStandardise(hidden_size, momentum) if history_path else None
+        self.history_mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                         nn.Linear(hidden_size, retrieval_dim)) if history_path else None
+
     def _last_column(self, standardised: Tensor) -> Tensor:
-        return standardised.new_ones((*standardised.shape[:-1], 1))  # (..., 1) multiplies the item bias
+        # (..., 1) multiplies the item bias: 1 + a learned function of the prompt (zero-initialised), so a
+        # task (long-tail, cold-start) can turn the shared popularity bias down instead of fighting it
+        return 1.0 + self.bias_scale(standardised) if self.bias_scale is not None else \
+            standardised.new_ones((*standardised.shape[:-1], 1))
+
+    def forward(self, hidden: Tensor, history: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """hidden `(..., H)`, history `(..., H)` or None → `(..., D [+ 1])`."""
+        if (history is None) != (self.history_mlp is None):
+            raise ValueError("SetQueryHead: pass `history` exactly when the head has a history path")
+        offset = None if history is None else self.history_mlp(self.history_standardise(history))
+        return super().forward(hidden, offset)
 
     @classmethod
     def from_params(cls, model: ModelParams, hidden_size: int) -> "SetQueryHead":
-        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias) and the backbone width H."""
-        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias)
+        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items) and the width H."""
+        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias,
+                   model.history_skip_items > 0, model.standardise_momentum)
 
 
 class ItemProjection(_Projection):
-    """Output item vectors used for scoring: fused item vectors `(N, H)` → `(N, D)` (any `(..., H)`)."""
+    """Output item vectors used for scoring: fused item vectors `(N, H)` → `(N, D)` (any `(..., H)`).
 
-    def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False) -> None:
-        super().__init__(hidden_size, retrieval_dim, l2_normalize, bias_column)
+    With `n_output_ids > 0` (`model.output_id_embedding`) every item also has a free output row
+    `(D,)`, zero-initialised, added to the content MLP's output before the normalisation for items
+    whose ID is in use (`use_id`; the same mask as the input ID, so modality dropout trains the
+    content-only vector that cold items always get). As in SASRec's output table, each row gets a
+    direct gradient from every softmax it appears in, instead of only through shared MLP weights.
+    """
+
+    def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False,
+                 n_output_ids: int = 0, momentum: float = 0.05) -> None:
+        super().__init__(hidden_size, retrieval_dim, l2_normalize, bias_column, momentum)
         self.bias = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.bias.weight)
         nn.init.zeros_(self.bias.bias)
+        self.output_ids = nn.Embedding(n_output_ids, retrieval_dim) if n_output_ids else None
+        if self.output_ids is not None:
+            nn.init.zeros_(self.output_ids.weight)
 
     def _last_column(self, standardised: Tensor) -> Tensor:
         return self.bias(standardised)  # (..., 1) content-based item bias (cold items get one too)
 
+    def forward(self, hidden: Tensor, item_ids: Tensor | None = None,  # type: ignore[override]
+                use_id: Tensor | None = None) -> Tensor:
+        """fused `(..., H)`, item_ids `(...)` long, use_id `(...)` bool → `(..., D [+ 1])`."""
+        offset = None
+        if self.output_ids is not None and item_ids is not None:
+            keep = torch.ones_like(item_ids, dtype=torch.bool) if use_id is None else use_id
+            offset = torch.where(keep.unsqueeze(-1), self.output_ids(item_ids), 0.0)  # (..., D)
+        return super().forward(hidden, offset)
+
     @classmethod
-    def from_params(cls, model: ModelParams, hidden_size: int) -> "ItemProjection":
-        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias) and the backbone width H."""
-        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias)
+    def from_params(cls, model: ModelParams, hidden_size: int, n_items: int = 0) -> "ItemProjection":
+        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, output_id_embedding), the
+        backbone width H and the catalogue size N (the output ID table has N rows when enabled)."""
+        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias,
+                   n_items if model.output_id_embedding else 0, model.standardise_momentum)
 
 
 def set_scores(user_vecs: Tensor, item_vecs: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from components.model.data import MixtureBatches, SequentialBatches
 from components.model.prompting import EncodedExample
 from components.model.universal import UniversalRecModel
 
-LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "item_head.standardise.")
+LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standardise.", "item_head.standardise.")
 """Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from components.config import TASKS, Params
 from components.textualize.data import Corpus, TextualizeError, build_corpus, read_inputs
 from components.textualize.examples import RenderContext, make_context, render, to_frame, write_examples
-from components.textualize.registry import Registry, RegistryError, load_registry
+from components.textualize.registry import Registry, RegistryError, Template, load_registry
 from components.textualize.tasks import SPLITS, TaskConfig, eval_instances, train_instances
 
 __all__ = ["TextualizeReport", "TextualizeError", "RegistryError", "textualize", "build_examples",
@@ -76,16 +77,33 @@ def examples_path(examples_dir: Path, task: str, split: str) -> Path:
     return examples_dir / task / f"{split}.parquet"
 
 
+def window_templates(registry: Registry, task: str, ids: Sequence[str]) -> tuple[Template, ...]:
+    """The seen templates of `task` named in `textualize.window_templates` (the next-item windows' pool).
+
+    Raises ValueError for an id that is not a seen template of the task (unseen ones stay held out)."""
+    known = {t.id: t for t in registry.templates}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"textualize.window_templates: unknown template ids {unknown} (not in the prompt registry)")
+    chosen = tuple(known[i] for i in ids if known[i].task == task)
+    wrong = [t.id for t in chosen if t.kind != "seen"]
+    if wrong:
+        raise ValueError(f"textualize.window_templates: {wrong} are not seen templates (unseen ones are held out)")
+    return chosen
+
+
 def build_examples(task: str, split: str, corpus: Corpus, registry: Registry, cfg: TaskConfig,
                    ctx: RenderContext, progress: bool = True) -> pd.DataFrame:
     """All examples of (task, split) as a typed frame (see `examples.EXAMPLE_SCHEMA`)."""
     rows: list[dict] = []
     if split == "train":
         seen = registry.for_task(task, "seen")
+        window = window_templates(registry, task, cfg.tx.window_templates) or seen
         for user in tqdm(corpus.users.tolist(), desc=f"{task}/train", leave=False, disable=None if progress else True):
             rng = cfg.rng(task, "train", user)
             for inst in train_instances(task, user, corpus, registry, cfg, rng):
-                rows.append(render(inst, seen[int(rng.integers(len(seen)))], task, split, ctx))
+                pool = window if inst.horizon == "window" else seen
+                rows.append(render(inst, pool[int(rng.integers(len(pool)))], task, split, ctx))
     else:
         templates = registry.for_task(task)
         for inst in tqdm(eval_instances(task, split, corpus, registry, cfg), desc=f"{task}/{split}",

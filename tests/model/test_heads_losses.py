@@ -30,17 +30,22 @@ ITEMS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 IDS = torch.arange(3)
 
 
+def _user(head: SetQueryHead, hidden: torch.Tensor) -> torch.Tensor:
+    """The head on `hidden`, with a random recent-history input when the head has a history path."""
+    return head(hidden, torch.randn_like(hidden) if head.history_mlp is not None else None)
+
+
 def test_heads_shapes_and_normalisation() -> None:
     head, proj = SetQueryHead.from_params(MODEL, 16), ItemProjection.from_params(MODEL, 16)
-    um = head(torch.randn(2, 4, 16))  # (B, M, H) -> (B, M, D)
-    dense = head(torch.randn(2, 7, 16))  # (B, T, H) -> (B, T, D)
+    um = _user(head, torch.randn(2, 4, 16))  # (B, M, H) -> (B, M, D)
+    dense = _user(head, torch.randn(2, 7, 16))  # (B, T, H) -> (B, T, D)
     items = proj(torch.randn(5, 16))
     assert MODEL.l2_normalize and MODEL.item_bias  # D = 8 unit coordinates + the bias column
     assert um.shape == (2, 4, 9) and dense.shape == (2, 7, 9) and items.shape == (5, 9)
     assert torch.allclose(um[..., :8].norm(dim=-1), torch.ones(2, 4), atol=1e-5)
     assert torch.equal(um[..., 8], torch.ones(2, 4))  # the user side of the bias column is 1
     assert torch.equal(items[:, 8], torch.zeros(5))  # item bias starts at 0
-    plain = SetQueryHead.from_params(MODEL.model_copy(update={"item_bias": False}), 16)(torch.randn(2, 4, 16))
+    plain = _user(SetQueryHead.from_params(MODEL.model_copy(update={"item_bias": False}), 16), torch.randn(2, 4, 16))
     assert plain.shape == (2, 4, 8)
     raw = SetQueryHead(16, 8, l2_normalize=False)(torch.randn(3, 16))
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(3))
@@ -52,7 +57,7 @@ def test_item_bias_adds_to_every_score() -> None:
     with torch.no_grad():
         proj.bias.bias.fill_(0.5)
         hidden_u, hidden_i = torch.randn(3, 2, 16), torch.randn(4, 16)
-        users, items = head(hidden_u), proj(hidden_i)
+        users, items = _user(head, hidden_u), proj(hidden_i)
         cos = set_scores(users[..., :8], items[:, :8])
         assert torch.allclose(set_scores(users, items), cos + items[:, 8], atol=1e-6)
         assert torch.allclose(items[:, 8], proj.bias(proj.standardise(hidden_i)).squeeze(1))

@@ -166,6 +166,10 @@ def test_checkpoint_of_another_configuration_is_not_resumed(model_params, tmp_pa
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
     report = train(model_params({**base, "lora.r": 4}))  # another configuration: must start fresh
     assert report.resumed_from is None and report.throughput["batches"] == 2
+    # a different step budget is another configuration too (the LR schedule depends on it): a LOWER
+    # max_steps must retrain from scratch, not resume a checkpoint that is already past it
+    report = train(model_params({**base, "lora.r": 4, "train.max_steps": 1}))
+    assert report.resumed_from is None and report.steps == 1 and report.throughput["batches"] == 1
 
 
 @pytest.mark.parametrize("kind", ["torch", "flat", "hnsw"])
@@ -183,3 +187,16 @@ def test_set_out_recommends_k_distinct_valid_unseen_items(model_params, kind: st
         assert len(set(row)) == 10 and all(0 <= i < built.model.n_items for i in row)
         assert not set(row) & set(excluded)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_retrieval_learning_curve_is_measured_and_written(model_params) -> None:
+    """train.curve_every_n_steps: points at step 0, every N steps and the last step, in train.json."""
+    params = model_params({"train.curve_every_n_steps": 2, "train.max_steps": 3, "train.resume": False})
+    report = train(params)
+    payload = json.loads((params.resolve(params.paths.metrics_dir) / "train.json").read_text())
+    points = payload["retrieval_curve"]
+    assert [p["step"] for p in points] == [0, 2, 3] and report.steps == 3
+    for point in points:
+        assert set(point) - {"step", "seconds"} == set(params.train.curve_templates)
+        for figures in (v for k, v in point.items() if k not in ("step", "seconds")):
+            assert 0.0 <= figures["ndcg@10"] <= figures["hr@10"] <= 1.0

@@ -1,0 +1,181 @@
+"""The unirec pipeline as one Prefect 3 flow: fetch → ingest → validate → split → textualize →
+embed-items → train, baselines → index → evaluate → register → promote.
+
+Each step is one cached task over its component function (flows/tasks.py); the order and each
+step's inputs come from dvc.yaml (flows/plan.py). A failing step does not stop the steps that do not
+need it; at the end a summary names every step's outcome (ran / cached / skipped / FAILED / not run)
+and the flow fails with that summary if any step failed.
+
+Offline: with no PREFECT_API_URL, Prefect starts its ephemeral API server (SQLite under
+PREFECT_HOME = `<repo>/.prefect`). Run it with `make run`, `python -m flows.pipeline [--set k=v]`
+or `unirec flow run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import flows  # noqa: F401  (offline Prefect defaults, before prefect is imported)
+import yaml
+from prefect import flow, get_run_logger
+
+from components.config import load_params
+from flows.fingerprint import results_dir
+from flows.plan import ORDER, StepName, build_plan
+from flows.tasks import RETRIED, STEP_TASKS
+
+ENV_OVERRIDES = "UNIREC_OVERRIDES"
+"""Env var holding a JSON/YAML mapping of dotted overrides applied under the `overrides` parameter
+(infra/docker-compose.yml points `mlflow.tracking_uri` at the MLflow server this way)."""
+
+
+class PipelineFailed(RuntimeError):
+    """At least one step failed; the message is the run summary."""
+
+
+@dataclass
+class Outcome:
+    step: str
+    status: str  # ran | cached | skipped | failed | not run
+    seconds: float = 0.0
+    summary: str = ""
+    error: str = ""
+    attempts: int = 1
+
+
+def env_overrides() -> dict[str, Any]:
+    text = os.environ.get(ENV_OVERRIDES, "").strip()
+    if not text:
+        return {}
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"{ENV_OVERRIDES} must be a mapping of dotted params keys to values, got {text!r}")
+    return value
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}" + (" (…)" if len(text) > 1 else "")
+
+
+def render_summary(outcomes: dict[str, Outcome], title: str = "unirec pipeline") -> str:
+    failed = [o.step for o in outcomes.values() if o.status == "failed"]
+    head = f"{title}: FAILED at {', '.join(failed)}" if failed else f"{title}: all steps succeeded"
+    lines = [head]
+    for o in outcomes.values():
+        detail = o.error or (f"{o.seconds:.1f} s" if o.status == "ran" else "")
+        if o.attempts > 1:
+            detail += f" ({o.attempts} attempts)"
+        lines.append(f"  {o.step:<12} {o.status:<8} {detail}".rstrip())
+    counts = {s: sum(o.status == s for o in outcomes.values()) for s in ("ran", "cached", "skipped", "failed", "not run")}
+    lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+def run_steps(params_path: str, overrides: dict[str, Any], skip: set[str], refresh: set[str]) -> dict[str, Outcome]:
+    params = load_params(params_path, overrides)
+    plan = build_plan(params)
+    storage = results_dir(params)
+    storage.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, Outcome] = {}
+    for name in ORDER:
+        blocked = [u for u in plan[name].needs if outcomes[u].status in ("failed", "not run")]
+        if name in skip:
+            outcomes[name] = Outcome(name, "skipped")
+            continue
+        if blocked:
+            outcomes[name] = Outcome(name, "not run", error=f"needs {', '.join(blocked)}")
+            continue
+        options: dict[str, Any] = {"result_storage": storage, "refresh_cache": name in refresh}
+        if name in RETRIED:
+            retries = getattr(params.orchestration, RETRIED[name])
+            options |= {"retries": retries,
+                        "retry_delay_seconds": [params.orchestration.retry_delay_s * 2 ** i for i in range(retries)]}
+        start = time.perf_counter()
+        state = STEP_TASKS[name].with_options(**options)(params_path, overrides, return_state=True)
+        seconds = time.perf_counter() - start
+        if state.is_completed():
+            result = state.result()
+            cached = state.name == "Cached"
+            outcomes[name] = Outcome(name, "cached" if cached else "ran", seconds, result.get("summary", ""),
+                                     attempts=1 if cached else int(result.get("attempts", 1)))
+        else:
+            exc = state.result(raise_on_failure=False)
+            error = one_line(exc) if isinstance(exc, BaseException) else (state.message or state.name)
+            outcomes[name] = Outcome(name, "failed", seconds, error=error,
+                                     attempts=int(getattr(exc, "unirec_attempt", 1)))
+    return outcomes
+
+
+
+@flow(name="unirec-pipeline", validate_parameters=True)
+def unirec_pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                    skip: list[StepName] | None = None, refresh: list[StepName] | None = None) -> dict[str, Any]:
+    """Run every pipeline step, each cached on its inputs.
+
+    Args:
+        params_path: the params.yaml to read (relative to the working directory).
+        overrides: dotted params keys → values (`{"train.max_steps": 1}`), validated by load_params;
+            env UNIREC_OVERRIDES supplies defaults under these.
+        skip: steps not to run (their outputs are used as they are), e.g. ["fetch"] offline.
+        refresh: steps to rerun even when cached (their dependents rerun only if outputs change).
+    """
+    merged = {**env_overrides(), **(overrides or {})}
+    path = str(Path(params_path).resolve())
+    load_params(path, merged)  # invalid params fail here, before any step
+    outcomes = run_steps(path, merged, set(skip or ()), set(refresh or ()))
+    summary = render_summary(outcomes)
+    logger = get_run_logger()
+    if any(o.status == "failed" for o in outcomes.values()):
+        logger.error(summary)
+        raise PipelineFailed(summary)
+    logger.info(summary)
+    return {"summary": summary, "steps": {n: asdict(o) for n, o in outcomes.items()}}
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="dotted override (repeatable)")
+    ap.add_argument("--skip", action="append", choices=ORDER, default=[])
+    ap.add_argument("--refresh", action="append", choices=ORDER, default=[])
+    ap.add_argument("--json", action="store_true", help="print the step outcomes as JSON")
+    args = ap.parse_args(argv)
+    try:
+        overrides = parse_sets(args.sets)
+        load_params(args.params, {**env_overrides(), **overrides})  # a typo fails here, before Prefect starts
+    except ValueError as exc:
+        print(f"unirec flow failed: {exc}", file=sys.stderr)
+        return 1
+    try:
+        result = unirec_pipeline(params_path=args.params, overrides=overrides,
+                                 skip=args.skip, refresh=args.refresh)
+    except PipelineFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:  # invalid params / overrides, before any step ran
+        print(f"unirec flow failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result["steps"], indent=2) if args.json else result["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
