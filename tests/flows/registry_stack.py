@@ -48,6 +48,9 @@ def free_port() -> int:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The test environment plus: the venv first on PATH (the scoring server execs `uvicorn`), no telemetry,
     one thread per process (the box has 2 cores and another job)."""
+    if "MLFLOW_TRACKING_URI" in extra:  # the registry follows the tracking store unless told otherwise:
+        # an MLFLOW_REGISTRY_URI inherited from an earlier test (mlflow.set_registry_uri exports it) would win
+        extra = {"MLFLOW_REGISTRY_URI": extra["MLFLOW_TRACKING_URI"], **extra}
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "MLFLOW_ENABLE_TELEMETRY": "false",
             "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
 
