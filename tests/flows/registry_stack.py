@@ -25,15 +25,10 @@ from pathlib import Path
 import pytest
 
 from components.config import Params
-from components.embed_items import embed_items
 from components.indexing import build_item_index
-from components.ingest import ingest
-from components.split import split
-from components.textualize import textualize
 from components.train import train
-from components.validate import validate
 from tests.conftest import params_in
-from tests.model.conftest import TINY_MODEL
+from tests.model.conftest import TINY_MODEL, prepare_tiny_project
 
 BIN = Path(sys.executable).parent
 STARTUP_S = 240
@@ -142,12 +137,7 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
         try:
             project, shared = root / "project", root / "shared"
             project.mkdir()
-            params = params_in(project, TINY_MODEL)
-            ingest(params)
-            validate(params)
-            split(params)
-            textualize(params, progress=False)
-            embed_items(params, progress=False)
+            prepare_tiny_project(project)
             stack = Stack(server, project, shared, run_id="")
             trained = stack.params(shared)
             stack.run_id = str(train(trained).mlflow_run_id)

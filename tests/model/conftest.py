@@ -29,15 +29,21 @@ TINY_MODEL: dict[str, object] = {
 }
 
 
-@pytest.fixture(scope="session")
-def model_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model_project")
+def prepare_tiny_project(folder: Path) -> Params:
+    """The real data steps and embed-items on the tiny fixture in `folder` (tiny backbone); returns its Params."""
     params = params_in(folder, TINY_MODEL)
     ingest(params)
     validate(params)
     split(params)
     textualize(params, progress=False)
     embed_items(params, progress=False)
+    return params
+
+
+@pytest.fixture(scope="session")
+def model_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model_project")
+    prepare_tiny_project(folder)
     return folder
 
 
