@@ -53,6 +53,12 @@ def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
 
 
+def user_sequences(train: pd.DataFrame) -> list[np.ndarray]:
+    """Each user's training items in chronological order (`order`), users by `user_idx`: `[(L_u,) int64]`."""
+    ordered = train.sort_values(["user_idx", "order"], kind="stable")
+    return [g.to_numpy(dtype=np.int64) for _, g in ordered.groupby("user_idx", sort=True)["item_idx"]]
+
+
 def collaborative_vectors(train: pd.DataFrame, n_items: int, dim: int, window: int, seed: int) -> np.ndarray:
     """`(N, dim)` float32 item vectors from `train` (columns user_idx, item_idx, order).
 
@@ -61,8 +67,7 @@ def collaborative_vectors(train: pd.DataFrame, n_items: int, dim: int, window: i
     """
     if dim < 1 or window < 1:
         raise ValueError(f"collab dim and window must be >= 1, got dim={dim}, window={window}")
-    ordered = train.sort_values(["user_idx", "order"], kind="stable")
-    sequences = [g.to_numpy(dtype=np.int64) for _, g in ordered.groupby("user_idx", sort=True)["item_idx"]]
+    sequences = user_sequences(train)
     matrix = ppmi(cooccurrence(sequences, n_items, window))
     k = min(dim, n_items - 1)
     out = np.zeros((n_items, dim), dtype=np.float64)

@@ -302,8 +302,18 @@ class LoraParams(_Strict):
     target_modules: list[str] = Field(min_length=1)
 
 
+class CollabWarmupParams(_Strict):
+    steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    max_len: int = Field(default=50, ge=1)
+    lr: float = Field(default=0.002, gt=0.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    lr_scale: float = Field(default=0.0, ge=0.0)
+
+
 class TrainParams(_Strict):
     task_weights: dict[str, float]
+    collab_warmup: CollabWarmupParams = CollabWarmupParams()
     batch_size: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)

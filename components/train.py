@@ -18,15 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from components.collab import user_sequences
 from components.config import Params
 from components.evaluation.curve import RetrievalCurve
 from components.model.build import Built, build_model, save_artifacts, trainable_summary
 from components.model.data import encode_frames, load_examples
 from components.model.lightning import LitUniversalRec, RecDataModule, ThroughputMonitor
+from components.model.warmup import WarmupReport, collab_warmup
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,12 @@ class TrainReport:
     mlflow_run_id: str | None = None
     resumed_from: str | None = None
     """Checkpoint the run resumed from (None for a fresh run); `throughput` covers this process only."""
+    collab_warmup: dict | None = None
+    """`WarmupReport` of the collaborative warm-up run by this process (None: off, or resumed past it)."""
 
     def summary(self) -> str:
-        lines = [f"train: {self.steps} steps in {self.wall_seconds:.0f} s, "
+        lines = [WarmupReport(**self.collab_warmup).summary()] if self.collab_warmup else []
+        lines += [f"train: {self.steps} steps in {self.wall_seconds:.0f} s, "
                  f"{self.throughput['tokens_per_s']:.0f} tokens/s, {self.throughput['examples_per_s']:.2f} "
                  f"examples/s, peak RSS {self.peak_rss_gib:.2f} GiB, trainable {self.parameters['trainable']:,} "
                  f"of {self.parameters['parameters']:,} parameters"]
@@ -132,6 +138,18 @@ def make_trainer(params: Params, ckpt_dir: Path, logger: MLFlowLogger | bool, mo
         enable_progress_bar=True)
 
 
+def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -> WarmupReport:
+    """The collaborative warm-up on the training sequences (components/model/warmup.py), logged to MLflow."""
+    frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                            columns=["user_idx", "item_idx", "order"])
+    report = collab_warmup(built.model, user_sequences(frame), params.train.collab_warmup, seed,
+                           params.train.log_every_n_steps)
+    for step, value in report.curve:
+        logger.experiment.log_metric(logger.run_id, "warmup/loss", value, step=int(step))
+    logger.experiment.log_metric(logger.run_id, "warmup/seconds", report.seconds)
+    return report
+
+
 def train(params: Params, built: Built | None = None, callbacks: list[L.Callback] | None = None) -> TrainReport:
     """Train from params (or a pre-built model); returns the report and writes artefacts.
 
@@ -160,6 +178,7 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     curve = RetrievalCurve(params, built) if cfg.curve_every_n_steps else None
     n_val = sum(-(-len(v) // cfg.batch_size) for v in val_sets.values())
     trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, [*([curve] if curve else []), *(callbacks or [])])
+    warmup = _run_warmup(params, built, seed, logger) if cfg.collab_warmup.steps and resume is None else None
     lit = LitUniversalRec(built.model, cfg, seed)
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
@@ -168,7 +187,8 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
-                         artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume)
+                         artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume,
+                         collab_warmup=asdict(warmup) if warmup else None)
     metrics_dir = params.resolve(params.paths.metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()},

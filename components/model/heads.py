@@ -117,6 +117,22 @@ class SetQueryHead(_Projection):
         offset = None if history is None else self.history_mlp(self.history_standardise(history))
         return super().forward(hidden, offset)
 
+    def history_vectors(self, history: Tensor) -> Tensor:
+        """History path alone, `(..., H)` → `(..., D [+ 1])`: the user vector when the hidden-state MLP
+        outputs zero (the collaborative warm-up trains it before the LLM is used; the bias factor is 1)."""
+        if self.history_mlp is None:
+            raise ValueError("SetQueryHead.history_vectors: the head has no history path (model.history_skip_items = 0)")
+        out = self.history_mlp(self.history_standardise(history))
+        out = F.normalize(out, dim=-1) if self.l2_normalize else out
+        return torch.cat([out, out.new_ones((*out.shape[:-1], 1))], dim=-1) if self.bias_column else out
+
+    def silence_hidden_path(self) -> None:
+        """Zero the hidden-state MLP's output layer (its first layer still learns from the next step on), so a
+        head whose history path was warmed up starts LLM training at exactly the warm-up's user vectors."""
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+
     @classmethod
     def from_params(cls, model: ModelParams, hidden_size: int) -> "SetQueryHead":
         """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items) and the width H."""

@@ -4,7 +4,6 @@ trainable weights), plus `ThroughputMonitor` (tokens/s, examples/s, per-task los
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 
@@ -17,6 +16,7 @@ from components.model.batching import Batch
 from components.model.data import MixtureBatches, SequentialBatches
 from components.model.prompting import EncodedExample
 from components.model.universal import UniversalRecModel
+from components.model.warmup import lr_factor, warmup_parameters
 
 LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standardise.", "item_head.standardise.")
 """Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
@@ -83,21 +83,19 @@ class LitUniversalRec(L.LightningModule):
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's union return type
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         special = self.model.special_rows
+        # after the collaborative warm-up, the modules it fitted learn at lr × `collab_warmup.lr_scale` (0 = kept
+        # as fitted): the same 8-prompt batches at the full rate undo the warm-up (measured, README "The model")
+        warmed = {id(p) for p in warmup_parameters(self.model)} if self.cfg.collab_warmup.steps else set()
+        rest = [p for _, p in params if p is not special and id(p) not in warmed]
         groups = [
             {"params": [p for _, p in params if p is special], "lr": self.cfg.embedding_lr, "weight_decay": 0.0},
-            {"params": [p for _, p in params if p is not special], "lr": self.cfg.lr,
+            {"params": rest, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay},
+            {"params": [p for _, p in params if id(p) in warmed], "lr": self.cfg.lr * self.cfg.collab_warmup.lr_scale,
              "weight_decay": self.cfg.weight_decay},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
         warmup, total = self.cfg.warmup_steps, self.cfg.max_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

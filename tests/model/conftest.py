@@ -26,6 +26,8 @@ TINY_MODEL: dict[str, object] = {
     "train.checkpoint_every_n_steps": 2,
     "train.log_every_n_steps": 1,
     "train.num_threads": 1,
+    "train.collab_warmup.steps": 3,
+    "train.collab_warmup.batch_size": 8,
 }
 
 

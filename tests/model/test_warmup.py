@@ -1,0 +1,112 @@
+"""Collaborative warm-up: window sampling, what it trains and leaves alone, and the hand-over to LoRA training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.collab import user_sequences
+from components.model.build import build_model
+from components.model.warmup import collab_warmup, sample_windows, warmup_loss
+from components.train import train
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6).filter(lambda ls: max(ls) >= 2),
+       max_len=st.integers(1, 12), batch=st.integers(1, 9), seed=st.integers(0, 10_000))
+def test_windows_pair_each_input_with_the_next_item_of_its_sequence(lengths, max_len, batch, seed) -> None:
+    sequences = [np.arange(100 * u, 100 * u + n, dtype=np.int64) for u, n in enumerate(lengths)]  # item = 100u + pos
+    inputs, targets = sample_windows(sequences, batch, max_len, np.random.default_rng(seed))
+    assert inputs.shape == targets.shape == (batch, max_len)
+    again = sample_windows(sequences, batch, max_len, np.random.default_rng(seed))
+    assert (again[0] == inputs).all() and (again[1] == targets).all()
+    for row_in, row_t in zip(inputs, targets):
+        n = int((row_in >= 0).sum())
+        assert n >= 1 and (row_in[:n] >= 0).all() and (row_in[n:] == -1).all() and (row_t[n:] == -1).all()
+        assert (row_t[:n] == row_in[:n] + 1).all()  # the target is the very next item of the same user
+        assert len({int(i) // 100 for i in row_in[:n]} | {int(i) // 100 for i in row_t[:n]}) == 1
+        assert lengths[int(row_in[0]) // 100] >= 2
+
+
+def test_windows_never_use_a_single_item_sequence() -> None:
+    sequences = [np.array([5]), np.array([1, 2, 3])]
+    inputs, _ = sample_windows(sequences, 50, 4, np.random.default_rng(0))
+    assert set(inputs[inputs >= 0].tolist()) <= {1, 2}
+
+
+def _sequences(params) -> list[np.ndarray]:
+    frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                            columns=["user_idx", "item_idx", "order"])
+    return user_sequences(frame)
+
+
+def test_warmup_lowers_the_loss_trains_only_the_item_side_and_hands_over_exactly(model_params) -> None:
+    params = model_params({"train.collab_warmup.steps": 40, "train.collab_warmup.batch_size": 16,
+                           "train.collab_warmup.lr": 0.005})
+    built = build_model(params)
+    model = built.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=10)
+    assert report.steps == 40 and len(report.curve) == 4 and report.targets > 40 * 16
+    assert report.last_loss < report.first_loss - 0.05, report.curve
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert any(n.startswith("fusion.id_embedding") for n in changed)
+    assert any(n.startswith("user_head.history_mlp") for n in changed)
+    assert any(n.startswith("item_head.output_ids") for n in changed)
+    untouched = [n for n in changed if n.startswith(("llm.", "special_rows", "user_head.bias_scale"))]
+    assert not untouched, untouched
+    # the hidden-state path is silenced: the full head equals the history path alone, whatever the hidden state
+    model.eval()
+    hidden, history = torch.randn(5, model.fusion.hidden_size), torch.randn(5, model.fusion.hidden_size)
+    torch.testing.assert_close(model.user_head(hidden, history), model.user_head.history_vectors(history))
+
+
+def test_warmup_loss_matches_a_naive_full_softmax(model_params) -> None:
+    params = model_params()
+    model = build_model(params).model.eval()
+    inputs = torch.tensor([[3, 4, 5, -1], [7, 8, -1, -1]])
+    targets = torch.tensor([[4, 5, 6, -1], [8, 9, -1, -1]])
+
+    loss, n = warmup_loss(model, inputs, targets)
+    with torch.no_grad():
+        items = model.item_vectors()
+        nll = []
+        for r, c in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+            window = inputs[r, max(0, c - model.history_window + 1): c + 1]
+            hist = model.fusion(window).float().mean(0)
+            user = model.user_head.history_vectors(hist)
+            logits = items @ user / model.temperature
+            nll.append(-torch.log_softmax(logits, 0)[targets[r, c]])
+    assert n == 5
+    torch.testing.assert_close(loss.detach(), torch.stack(nll).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_train_runs_the_warmup_once_and_reports_it(model_params) -> None:
+    params = model_params({"train.max_steps": 2, "train.checkpoint_every_n_steps": 2, "train.resume": True})
+    report = train(params)
+    assert report.collab_warmup is not None and report.collab_warmup["steps"] == 3
+    assert "collab warm-up: 3 steps" in report.summary()
+    again = train(params)  # resumes the finished checkpoint: the warm-up is not run over trained weights
+    assert again.resumed_from is not None and again.collab_warmup is None
+
+
+def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    params = model_params({"train.max_steps": 3, "train.resume": False, "train.precision": "32-true",
+                           "train.collab_warmup.lr_scale": 0.0})
+    train(params)
+    trained = load_file(params.resolve(params.train.out_dir) / "modules.safetensors")
+    # the same build and warm-up by hand (train seeds both with seed + seed_offset)
+    built = build_model(params)
+    collab_warmup(built.model, _sequences(params), params.train.collab_warmup, params.seed + params.train.seed_offset)
+    warmed = {n: p for n, p in built.model.named_parameters()
+              if n.startswith(("fusion.", "item_head.", "user_head.history_mlp."))}
+    assert warmed
+    for name, value in warmed.items():
+        torch.testing.assert_close(trained[name], value.detach(), rtol=0, atol=0, msg=name)
+    # what LoRA training does train still moves: the hidden-state path starts at zero and leaves it
+    assert trained["user_head.mlp.2.weight"].abs().sum() > 0
