@@ -333,6 +333,7 @@ class TrainParams(_Strict):
     curve_every_n_steps: int = Field(default=0, ge=0)
     curve_users: int = Field(default=200, ge=1)
     curve_templates: list[str] = []
+    select_best: bool = False
     checkpoint_every_n_steps: int = Field(ge=1)
     resume: bool
     log_every_n_steps: int = Field(ge=1)
@@ -349,6 +350,13 @@ class TrainParams(_Strict):
         if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
             raise ValueError("weights must be >= 0 with at least one > 0")
         return v
+
+    @model_validator(mode="after")
+    def _selection_needs_curve(self) -> "TrainParams":
+        if self.select_best and not (self.curve_every_n_steps and self.curve_templates):
+            raise ValueError("train.select_best needs the retrieval curve: set train.curve_every_n_steps > 0 "
+                             "and train.curve_templates")
+        return self
 
 
 class MlflowParams(_Strict):

@@ -48,6 +48,8 @@ class TrainReport:
     """Checkpoint the run resumed from (None for a fresh run); `throughput` covers this process only."""
     collab_warmup: dict | None = None
     """`WarmupReport` of the collaborative warm-up run by this process (None: off, or resumed past it)."""
+    selected_step: int | None = None
+    """`train.select_best`: the learning-curve step whose trainable state was saved (None: the last step)."""
 
     def summary(self) -> str:
         lines = [WarmupReport(**self.collab_warmup).summary()] if self.collab_warmup else []
@@ -55,6 +57,8 @@ class TrainReport:
                  f"{self.throughput['tokens_per_s']:.0f} tokens/s, {self.throughput['examples_per_s']:.2f} "
                  f"examples/s, peak RSS {self.peak_rss_gib:.2f} GiB, trainable {self.parameters['trainable']:,} "
                  f"of {self.parameters['parameters']:,} parameters"]
+        if self.selected_step is not None:
+            lines.append(f"  saved model: step {self.selected_step} (best mean validation NDCG@10 of the retrieval curve)")
         for task, c in sorted(self.losses.items()):
             lines.append(f"  {task:<17} loss {c['first']:.4f} -> {c['last']:.4f} ({int(c['points'])} batches)")
         return "\n".join(lines)
@@ -90,7 +94,7 @@ def run_fingerprint(params: Params) -> str:
         parts[name.name] = name.read_text(encoding="utf-8") if name.is_file() else None
     # max_steps is NOT volatile: the learning-rate schedule depends on it, and a lower value must retrain
     for volatile in ("resume", "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps",
-                     "curve_every_n_steps", "curve_users", "curve_templates"):
+                     "curve_every_n_steps", "curve_users", "curve_templates", "select_best"):
         parts["train"].pop(volatile, None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -183,12 +187,16 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
     trainer.fit(lit, datamodule=data, ckpt_path=resume)
+    if curve is not None and cfg.select_best and curve.selected_step is None:
+        # resumed from a checkpoint already at max_steps: Lightning skips the fit loop and its on_train_end
+        curve.on_train_end(trainer, lit)  # measures the last step if needed, then restores the best point
     artifacts = {k: _relative(params, v) for k, v in save_artifacts(built, params, out_dir).items()}
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
                          artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume,
-                         collab_warmup=asdict(warmup) if warmup else None)
+                         collab_warmup=asdict(warmup) if warmup else None,
+                         selected_step=curve.selected_step if curve else None)
     metrics_dir = params.resolve(params.paths.metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()},

@@ -22,6 +22,17 @@ LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standard
 """Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of what training changes: every trainable parameter and the learned buffers.
+
+    The frozen backbone weights are left out (they are rebuilt from the cached backbone), so this is
+    what a checkpoint holds and what the best-point selection of the learning curve snapshots.
+    """
+    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state |= {n: b for n, b in model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
+    return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
+
+
 class RecDataModule(L.LightningDataModule):
     def __init__(self, train: dict[str, list[EncodedExample]], val: dict[str, list[EncodedExample]],
                  cfg: TrainParams, seed: int, pad_id: int) -> None:
