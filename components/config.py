@@ -282,6 +282,13 @@ class ModelParams(_Strict):
     softmax: Literal["sampled", "full"] = "sampled"
     history_skip_items: int = Field(default=0, ge=0)
     standardise_momentum: float = Field(default=0.05, gt=0.0, le=1.0)
+    verbaliser_prior: bool = False
+
+    @model_validator(mode="after")
+    def _prior_needs_history(self) -> "ModelParams":
+        if self.verbaliser_prior and self.history_skip_items < 1:
+            raise ValueError("model.verbaliser_prior reads the history path: set model.history_skip_items > 0")
+        return self
 
 
 class IndexParams(_Strict):
@@ -309,6 +316,8 @@ class CollabWarmupParams(_Strict):
     lr: float = Field(default=0.002, gt=0.0)
     warmup_steps: int = Field(default=20, ge=0)
     lr_scale: float = Field(default=0.0, ge=0.0)
+    eval_every: int = Field(default=0, ge=0)
+    patience: int = Field(default=4, ge=1)
 
 
 class TrainParams(_Strict):
@@ -318,6 +327,7 @@ class TrainParams(_Strict):
     max_steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)
     embedding_lr: float = Field(ge=0.0)
+    prior_lr: float = Field(default=0.02, gt=0.0)
     weight_decay: float = Field(ge=0.0)
     warmup_steps: int = Field(ge=0)
     grad_clip: float = Field(ge=0.0)

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from components.baselines.common import load_split_data, next_item_task
 from components.collab import user_sequences
 from components.config import Params
 from components.evaluation.curve import RetrievalCurve
@@ -146,10 +147,13 @@ def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -
     """The collaborative warm-up on the training sequences (components/model/warmup.py), logged to MLflow."""
     frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
                             columns=["user_idx", "item_idx", "order"])
-    report = collab_warmup(built.model, user_sequences(frame), params.train.collab_warmup, seed,
-                           params.train.log_every_n_steps)
+    cfg = params.train.collab_warmup
+    valid = next_item_task(load_split_data(params), "valid") if cfg.eval_every else None
+    report = collab_warmup(built.model, user_sequences(frame), cfg, seed, params.train.log_every_n_steps, valid)
     for step, value in report.curve:
         logger.experiment.log_metric(logger.run_id, "warmup/loss", value, step=int(step))
+    for step, value in report.valid_curve:
+        logger.experiment.log_metric(logger.run_id, "warmup/valid_ndcg_at_10", value, step=int(step))
     logger.experiment.log_metric(logger.run_id, "warmup/seconds", report.seconds)
     return report
 

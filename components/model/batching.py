@@ -34,6 +34,8 @@ class Batch:
     answer_rows: torch.Tensor  # (A,) long — rows of verbalised examples
     answer_cols: torch.Tensor  # (A,) long — their answer positions
     answer_index: torch.Tensor  # (A,) long — index of the right verbaliser word
+    answer_items: torch.Tensor  # (A,) long — the item each verbalised row asks about
+    item_is_answer: torch.Tensor  # (P,) bool — the item slot is that asked-about item (not history)
     label_rows: torch.Tensor  # (L,) long
     label_cols: torch.Tensor  # (L,) long
     labels: torch.Tensor  # (L,) long — next-token targets at (row, col)
@@ -74,7 +76,7 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
     acc: dict[str, list] = {k: [] for k in (
         "item_rows", "item_cols", "item_ids", "item_drop_id", "user_rows", "user_cols", "positives",
         "positive_sets", "candidates", "dense_rows", "dense_cols", "dense_targets", "answer_rows", "answer_cols",
-        "answer_index", "label_rows", "label_cols", "labels")}
+        "answer_index", "answer_items", "item_is_answer", "label_rows", "label_cols", "labels")}
     for row, ex in enumerate(examples):
         input_ids[row, : len(ex.input_ids)] = torch.tensor(ex.input_ids, dtype=torch.long)
         attention[row, : len(ex.input_ids)] = 1
@@ -82,6 +84,7 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
         acc["item_cols"] += ex.item_positions
         acc["item_ids"] += ex.item_ids
         acc["item_drop_id"] += [ex.drop_id] * len(ex.item_positions)
+        acc["item_is_answer"] += [k == ex.answer_slot for k in range(len(ex.item_positions))]
         if ex.user_positions:
             if not ex.targets:
                 raise ValueError(f"set-out example of task {ex.task} has no target item")
@@ -97,6 +100,7 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
             acc["answer_rows"].append(row)
             acc["answer_cols"].append(ex.answer_position)
             acc["answer_index"].append(ex.answer_index)
+            acc["answer_items"].append(ex.answer_item)
         acc["label_rows"] += [row] * len(ex.label_positions)
         acc["label_cols"] += ex.label_positions
         acc["labels"] += ex.labels
@@ -114,7 +118,8 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
         dense_rows=_long(acc["dense_rows"]), dense_cols=_long(acc["dense_cols"]),
         dense_targets=_long(acc["dense_targets"]),
         answer_rows=_long(acc["answer_rows"]), answer_cols=_long(acc["answer_cols"]),
-        answer_index=_long(acc["answer_index"]),
+        answer_index=_long(acc["answer_index"]), answer_items=_long(acc["answer_items"]),
+        item_is_answer=torch.tensor(acc["item_is_answer"], dtype=torch.bool),
         label_rows=_long(acc["label_rows"]), label_cols=_long(acc["label_cols"]), labels=_long(acc["labels"]),
         tasks=tasks,
     )

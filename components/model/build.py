@@ -1,7 +1,7 @@
 """Assemble a `UniversalRecModel` from params, and save / reload its trained artefacts.
 
 Trainable parts: LoRA adapters (PEFT; or the whole backbone with `lora.enabled: false`), the input
-rows of the three special tokens (`UniversalRecModel.special_rows`), `ItemFusion` (ID table + modality MLPs), `SetQueryHead`, `ItemProjection`.
+rows of the three special tokens (`UniversalRecModel.special_rows`), `ItemFusion` (ID table + modality MLPs), `SetQueryHead`, `ItemProjection`, the `VerbaliserPrior` scalars (`model.verbaliser_prior`).
 Frozen: the backbone weights and the item text (and extra-modality) embeddings.
 
 Artefacts (``train.out_dir``): ``adapter/`` (PEFT ``save_pretrained``: adapter_config.json +
@@ -28,8 +28,9 @@ from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
 from components.model.prompting import PromptSpec, make_spec
 from components.model.universal import UniversalRecModel
+from components.model.verbalizer import VerbaliserPrior
 
-MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows")
+MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.")
 
 
 @dataclass
@@ -94,7 +95,9 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         item_head=ItemProjection.from_params(params.model, h, n_items),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
         num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,
-        full_softmax=params.model.softmax == "full", history_window=params.model.history_skip_items)
+        full_softmax=params.model.softmax == "full", history_window=params.model.history_skip_items,
+        verbaliser_prior=VerbaliserPrior({t: len(ids) for t, ids in spec.verbaliser_ids.items()},
+                                         params.model.temperature) if params.model.verbaliser_prior else None)
     return Built(model=model, backbone=backbone, spec=spec)
 
 

@@ -97,9 +97,12 @@ class LitUniversalRec(L.LightningModule):
         # after the collaborative warm-up, the modules it fitted learn at lr × `collab_warmup.lr_scale` (0 = kept
         # as fitted): the same 8-prompt batches at the full rate undo the warm-up (measured, README "The model")
         warmed = {id(p) for p in warmup_parameters(self.model)} if self.cfg.collab_warmup.steps else set()
-        rest = [p for _, p in params if p is not special and id(p) not in warmed]
+        prior = {id(p) for n, p in params if n.startswith("verbaliser_prior.")}
+        rest = [p for _, p in params if p is not special and id(p) not in warmed | prior]
         groups = [
             {"params": [p for _, p in params if p is special], "lr": self.cfg.embedding_lr, "weight_decay": 0.0},
+            # a few scalars (scale and offset per verbaliser word): a larger rate than the network's
+            {"params": [p for _, p in params if id(p) in prior], "lr": self.cfg.prior_lr, "weight_decay": 0.0},
             {"params": rest, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay},
             {"params": [p for _, p in params if id(p) in warmed], "lr": self.cfg.lr * self.cfg.collab_warmup.lr_scale,
              "weight_decay": self.cfg.weight_decay},

@@ -8,7 +8,8 @@ the model replaces with the fused vector of item IDX. Then, by task family:
   chronological, so every history slot also carries a dense target (the item that followed it): one
   sequence yields a retrieval target at every position, as SASRec/HSTU train.
 * verbalised tasks (ctr, rating): the answer is scored from the LM-head logits at the LAST prompt
-  position, restricted to the verbaliser tokens.
+  position, restricted to the verbaliser tokens; the asked-about item and its slot are recorded
+  (`answer_item`, `answer_slot`) for the collaborative prior (`verbalizer.VerbaliserPrior`).
 * text tasks (text, infill): `[LM]` then the target tokens and EOS; next-token labels only there.
 
 Over-long prompts are cut from the left (the question and the [UM] tokens at the end are kept).
@@ -61,6 +62,10 @@ class EncodedExample:
     dense_targets: list[int] = field(default_factory=list)
     answer_position: int = -1
     answer_index: int = -1
+    answer_item: int = -1
+    """ctr / rating: the item asked about (its `[ITEM]` slot, if kept, is `item_positions[answer_slot]`)."""
+    answer_slot: int = -1
+    """Index into `item_positions` of the asked-about item's slot (-1: cut off by the left truncation)."""
     label_positions: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     drop_id: bool = False
@@ -164,6 +169,11 @@ def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSp
             raise ValueError(f"{task} example {row.get('example_id')}: answer {answer!r} is not one of {words}")
         ex.answer_position = n_prompt - 1
         ex.answer_index = words.index(answer)
+        if len(targets) != 1:
+            raise ValueError(f"{task} example {row.get('example_id')}: needs exactly one target item, got {targets}")
+        ex.answer_item = targets[0]
+        slots = [k for k, item in enumerate(ex.item_ids) if item == ex.answer_item]
+        ex.answer_slot = slots[-1] if slots else -1  # templates name the target after the history, or once
     elif task in TEXT_TASKS and not with_target:
         pass
     elif task in TEXT_TASKS:

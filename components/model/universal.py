@@ -27,14 +27,14 @@ from components.model.history import recent_item_mean
 from components.model.index import score_candidate_lists
 from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
 from components.model.prompting import VERBALISED_TASKS
-from components.model.verbalizer import verbalizer_logits, verbalizer_loss
+from components.model.verbalizer import VerbaliserPrior, verbalizer_logits, verbalizer_loss
 
 
 class UniversalRecModel(nn.Module):
     def __init__(self, llm: nn.Module, fusion: ItemFusion, user_head: SetQueryHead, item_head: ItemProjection,
                  verbaliser_ids: dict[str, tuple[int, ...]], temperature: float, num_negatives: int,
                  item_log_prob: Tensor, special_ids: dict[str, int], full_softmax: bool = False,
-                 history_window: int = 0) -> None:
+                 history_window: int = 0, verbaliser_prior: VerbaliserPrior | None = None) -> None:
         super().__init__()
         self.llm, self.fusion, self.user_head, self.item_head = llm, fusion, user_head, item_head
         # Trainable input rows of the special tokens ([ITEM], [UM], [LM]), kept apart from the frozen
@@ -45,6 +45,7 @@ class UniversalRecModel(nn.Module):
         self.special_rows = nn.Parameter(table[ids].detach().clone().float())  # (S, H)
         self.temperature, self.num_negatives, self.full_softmax = temperature, num_negatives, full_softmax
         self.history_window = history_window
+        self.verbaliser_prior = verbaliser_prior
         for task, ids in verbaliser_ids.items():
             self.register_buffer(f"verbaliser_{task}", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.register_buffer("item_log_prob", item_log_prob.float(), persistent=False)  # (N,)
@@ -133,11 +134,31 @@ class UniversalRecModel(nn.Module):
     def verbaliser(self, task: str) -> Tensor:
         return getattr(self, f"verbaliser_{task}")
 
-    def answer_logits(self, hidden: Tensor, batch: Batch, task: str, rows: Tensor) -> Tensor:
-        """`(A, K)` verbaliser logits for the answer slots `rows` (indices into batch.answer_*)."""
+    def answer_logits(self, hidden: Tensor, batch: Batch, task: str, rows: Tensor, fused: Tensor | None = None) -> Tensor:
+        """`(A, K)` verbaliser logits for the answer slots `rows` (indices into batch.answer_*), plus the
+        collaborative prior when the model has one."""
         h = hidden[batch.answer_rows[rows], batch.answer_cols[rows]]
         head = self.lm_head()
-        return verbalizer_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
+        logits = verbalizer_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
+        if self.verbaliser_prior is None:
+            return logits
+        return logits.float() + self.verbaliser_prior(task, self.answer_scores(batch, rows, fused))
+
+    @torch.no_grad()
+    def answer_scores(self, batch: Batch, rows: Tensor, fused: Tensor | None = None) -> Tensor:
+        """`(A,)` next-item score of each asked-about item under the history path alone: the mean fused
+        vector of the row's last `history_window` OTHER items → `user_head.history_vectors`, inner product
+        with the item's output vector (cosine + item bias), as the collaborative warm-up trains it."""
+        if fused is None:
+            fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
+                self.special_rows.new_zeros((0, self.fusion.hidden_size))
+        keep = ~batch.item_is_answer
+        history = recent_item_mean(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep],
+                                   int(batch.input_ids.shape[0]), batch.answer_rows[rows], batch.answer_cols[rows],
+                                   max(self.history_window, 1))  # (A, H)
+        users = self.user_head.history_vectors(history).float()  # (A, D [+ 1])
+        items = self._output_vectors(batch.answer_items[rows]).float()  # (A, D [+ 1])
+        return (users * items).sum(-1)
 
     # ------------------------------------------------------------------ training
     def losses(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -153,7 +174,7 @@ class UniversalRecModel(nn.Module):
                 sel = torch.tensor([t == task for t in answer_task], device=hidden.device)
                 if sel.any():
                     rows = sel.nonzero().squeeze(1)
-                    logits = self.answer_logits(hidden, batch, task, rows)
+                    logits = self.answer_logits(hidden, batch, task, rows, fused)
                     out[task] = verbalizer_loss(logits, batch.answer_index[rows])
         if batch.label_rows.numel():
             label_task = [row_task[int(r)] for r in batch.label_rows]

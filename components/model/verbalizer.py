@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 YES_INDEX = 0
 """Column of the "yes" token in CTR verbaliser logits `(B, 2)` (column 1 is "no")."""
@@ -52,3 +52,24 @@ def rating_expectation(logits: Tensor, values: Sequence[float] | Tensor = (1.0, 
 def verbalizer_loss(logits: Tensor, target_index: Tensor) -> Tensor:
     """Mean cross-entropy over the K verbaliser tokens: `(B, K)` logits, `(B,)` long targets → scalar float32."""
     return F.cross_entropy(logits.float(), target_index)
+
+
+class VerbaliserPrior(nn.Module):
+    """Collaborative prior on the verbaliser logits (`model.verbaliser_prior`), CoLLM-style.
+
+    `forward(task, scores)`: `(A,)` retrieval scores s of the asked-about items → `(A, K)` logit offsets
+    `w_task · s / τ + b_task`, one learned scale and offset per verbaliser word (zero-initialised: the
+    model starts as the pure LM verbaliser and learns how much of the prior to use). s is the score the
+    collaborative history path gives the item (`UniversalRecModel.answer_scores`), detached, so the
+    prior reads the retrieval model without the few ctr / rating batches pulling on it.
+    """
+
+    def __init__(self, sizes: dict[str, int], temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.scale = nn.ParameterDict({t: nn.Parameter(torch.zeros(k)) for t, k in sizes.items()})
+        self.offset = nn.ParameterDict({t: nn.Parameter(torch.zeros(k)) for t, k in sizes.items()})
+
+    def forward(self, task: str, scores: Tensor) -> Tensor:
+        """`(A,)` scores → `(A, K)` float32 offsets for the K verbaliser words of `task`."""
+        return scores.float().unsqueeze(-1) / self.temperature * self.scale[task] + self.offset[task]

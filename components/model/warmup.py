@@ -19,6 +19,12 @@ the ≤ `max_len` items before its end; at every position t the user vector is
 `history_vectors(mean of the fused inputs of the last model.history_skip_items items ≤ t)`, the target
 the item at t + 1 (exactly the dense next-item read-out of LoRA training); exact softmax over the whole
 catalogue with output vectors from one pass (modality dropout drawn on both sides, as in training).
+
+Early stopping (`eval_every > 0`): every `eval_every` steps the history path ranks every item for each
+validation user (history = the user's training sequence, train items excluded, the evaluator the SASRec
+expert early-stops with: `baselines.common.evaluate_scorer`); the state of the best validation NDCG@10
+is kept and restored at the end, and the warm-up stops after `patience` evaluations without a better one.
+`steps` is then an upper bound (and the length of the learning-rate schedule).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.baselines.common import NextItemTask, evaluate_scorer
 from components.config import CollabWarmupParams
 from components.model.history import recent_item_mean
 from components.model.losses import sampled_softmax_loss
@@ -51,10 +58,42 @@ class WarmupReport:
     last_loss: float
     curve: list[list[float]] = field(default_factory=list)
     """[step, mean loss since the previous point] every `log_every` steps."""
+    valid_curve: list[list[float]] = field(default_factory=list)
+    """[step, validation NDCG@10] every `eval_every` steps (early stopping; empty when off)."""
+    best_step: int | None = None
+    """Step whose state was kept (early stopping), None when off."""
 
     def summary(self) -> str:
-        return (f"collab warm-up: {self.steps} steps × {self.batch_size} windows ({self.targets:,} targets) in "
+        text = (f"collab warm-up: {self.steps} steps × {self.batch_size} windows ({self.targets:,} targets) in "
                 f"{self.seconds:.0f} s, loss {self.first_loss:.3f} -> {self.last_loss:.3f}")
+        if self.best_step is not None:
+            best = max(v for _, v in self.valid_curve)
+            text += f", kept step {self.best_step} (validation NDCG@10 {best:.4f})"
+        return text
+
+
+class HistoryPathScorer:
+    """`NextItemScorer` of the history path alone: mean fused vector of a history's last
+    `model.history_window` items → `user_head.history_vectors` · output item vectors (eval mode)."""
+
+    def __init__(self, model: UniversalRecModel) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def score_users(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+        model, window = self.model, max(self.model.history_window, 1)
+        was_training = model.training
+        model.eval()
+        recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
+        ids = torch.from_numpy(np.concatenate(recent)) if recent else torch.empty(0, dtype=torch.long)
+        fused = model.fusion(ids).float()  # (P, H)
+        owner = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
+        sums = fused.new_zeros((len(recent), fused.shape[-1])).index_add_(0, owner, fused)
+        counts = torch.tensor([max(len(r), 1) for r in recent], dtype=torch.float32).unsqueeze(1)
+        users = model.user_head.history_vectors(sums / counts).float()  # (U, D [+ 1])
+        scores = users @ model.item_vectors().float().T  # (U, N)
+        model.train(was_training)
+        return scores.numpy()
 
 
 def sample_windows(sequences: list[np.ndarray], batch_size: int, max_len: int,
@@ -110,9 +149,20 @@ def warmup_parameters(model: UniversalRecModel) -> list[torch.nn.Parameter]:
     return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
+def _warmup_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
+    """Copies of everything the warm-up changes: fusion, the history path (+ its statistics), the item head."""
+    prefixes = ("fusion.", "user_head.history_", "item_head.")
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
 def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: CollabWarmupParams, seed: int,
-                  log_every: int = 10) -> WarmupReport:
-    """Run the warm-up in place on `model` (training mode) and silence the head's hidden-state path."""
+                  log_every: int = 10, valid: NextItemTask | None = None) -> WarmupReport:
+    """Run the warm-up in place on `model` (training mode) and silence the head's hidden-state path.
+
+    With `cfg.eval_every > 0`, `valid` (the validation next-item rows) drives early stopping (module docstring).
+    """
+    if cfg.eval_every and valid is None:
+        raise ValueError("train.collab_warmup.eval_every > 0 needs the validation rows (valid)")
     start = time.perf_counter()
     params = warmup_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -121,6 +171,9 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
     points: list[list[float]] = []
     pending: list[float] = []
     total_targets = 0
+    valid_curve: list[list[float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    scorer = HistoryPathScorer(model)
     bar = tqdm(range(cfg.steps), desc="collab warm-up", unit="step", mininterval=2.0)
     for step in bar:
         rng = np.random.default_rng([seed, 7, step])
@@ -137,10 +190,22 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
             points.append([step + 1, sum(pending) / len(pending)])
             bar.set_postfix(loss=f"{points[-1][1]:.3f}")
             pending = []
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            ndcg = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)["ndcg@10"]  # type: ignore[arg-type]
+            valid_curve.append([step + 1, ndcg])
+            log.info("collab warm-up step %d: validation NDCG@10 %.4f", step + 1, ndcg)
+            if best is None or ndcg > best[0]:
+                best = (ndcg, step + 1, _warmup_state(model))
+            elif len(valid_curve) - 1 - [s for s, _ in valid_curve].index(best[1]) >= cfg.patience:
+                log.info("collab warm-up: no better validation NDCG@10 for %d evaluations, stopping", cfg.patience)
+                break
+    if best is not None:
+        model.load_state_dict(best[2], strict=False)
     model.user_head.silence_hidden_path()
     seconds = time.perf_counter() - start
     first = points[0][1] if points else float("nan")
-    report = WarmupReport(steps=cfg.steps, batch_size=cfg.batch_size, seconds=seconds, targets=total_targets,
-                          first_loss=first, last_loss=points[-1][1] if points else float("nan"), curve=points)
+    report = WarmupReport(steps=step + 1 if cfg.steps else 0, batch_size=cfg.batch_size, seconds=seconds,
+                          targets=total_targets, first_loss=first, last_loss=points[-1][1] if points else float("nan"),
+                          curve=points, valid_curve=valid_curve, best_step=best[1] if best else None)
     log.info(report.summary())
     return report

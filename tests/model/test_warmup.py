@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from components.baselines.common import evaluate_scorer, load_split_data, next_item_task
 from components.collab import user_sequences
 from components.model.build import build_model
-from components.model.warmup import collab_warmup, sample_windows, warmup_loss
+from components.model.warmup import HistoryPathScorer, collab_warmup, sample_windows, warmup_loss
 from components.train import train
 
 
@@ -45,7 +46,7 @@ def _sequences(params) -> list[np.ndarray]:
 
 def test_warmup_lowers_the_loss_trains_only_the_item_side_and_hands_over_exactly(model_params) -> None:
     params = model_params({"train.collab_warmup.steps": 40, "train.collab_warmup.batch_size": 16,
-                           "train.collab_warmup.lr": 0.005})
+                           "train.collab_warmup.lr": 0.005, "train.collab_warmup.eval_every": 0})
     built = build_model(params)
     model = built.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -102,7 +103,8 @@ def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, t
     trained = load_file(params.resolve(params.train.out_dir) / "modules.safetensors")
     # the same build and warm-up by hand (train seeds both with seed + seed_offset)
     built = build_model(params)
-    collab_warmup(built.model, _sequences(params), params.train.collab_warmup, params.seed + params.train.seed_offset)
+    collab_warmup(built.model, _sequences(params), params.train.collab_warmup, params.seed + params.train.seed_offset,
+                  valid=next_item_task(load_split_data(params), "valid"))
     warmed = {n: p for n, p in built.model.named_parameters()
               if n.startswith(("fusion.", "item_head.", "user_head.history_mlp."))}
     assert warmed
@@ -110,3 +112,21 @@ def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, t
         torch.testing.assert_close(trained[name], value.detach(), rtol=0, atol=0, msg=name)
     # what LoRA training does train still moves: the hidden-state path starts at zero and leaves it
     assert trained["user_head.mlp.2.weight"].abs().sum() > 0
+
+
+def test_warmup_early_stopping_keeps_the_best_validation_state(model_params) -> None:
+    """eval_every: the validation curve is measured, the best state is restored and reproduces its figure."""
+    params = model_params({"train.collab_warmup.steps": 24, "train.collab_warmup.batch_size": 16,
+                           "train.collab_warmup.lr": 0.01, "train.collab_warmup.eval_every": 3,
+                           "train.collab_warmup.patience": 2})
+    model = build_model(params).model
+    valid = next_item_task(load_split_data(params), "valid")
+    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=3, valid=valid)
+    steps = [s for s, _ in report.valid_curve]
+    values = [v for _, v in report.valid_curve]
+    assert steps == list(range(3, report.steps + 1, 3)) and report.steps <= 24
+    assert report.best_step == steps[int(np.argmax(values))]
+    if report.steps < 24:  # stopped early: exactly `patience` evaluations after the best one
+        assert len(steps) - 1 - steps.index(report.best_step) == 2
+    again = evaluate_scorer(HistoryPathScorer(model), valid, ks=(10,), batch_size=512)["ndcg@10"]
+    assert again == max(values)
