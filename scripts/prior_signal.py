@@ -6,7 +6,7 @@ Usage::
 
 s is `UniversalRecModel.answer_scores`: the history path's next-item score of the asked-about item (what
 `model.verbaliser_prior` adds to the verbaliser logits). Loads a trained model (a model trained without
-the prior loads too: the prior is switched off for loading) and scores every row of
+the prior loads too: the prior is switched on or off to match the saved modules) and scores every row of
 data/examples/{ctr,rating}/<split>.parquet. Prints ctr AUC(s) per template and overall, and for rating the
 correlation of s with the rating and the RMSE of a least-squares line on s (in-sample) vs the mean alone.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import safe_open
 
 from components.config import load_params
 from components.evaluation.metrics import auc, rmse
@@ -32,10 +33,14 @@ def main() -> None:
     parser.add_argument("model_dir", nargs="?", default=None)
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     args = parser.parse_args()
-    params = load_params("params.yaml", {"model.verbaliser_prior": False})
+    params = load_params("params.yaml")
+    model_dir = Path(args.model_dir) if args.model_dir else params.resolve(params.train.out_dir)
+    with safe_open(model_dir / "modules.safetensors", "pt") as saved:  # trained with or without the prior
+        has_prior = any(k.startswith("verbaliser_prior.") for k in saved.keys())
+    params = load_params("params.yaml", {"model.verbaliser_prior": has_prior})
     if params.evaluate.num_threads:
         torch.set_num_threads(params.evaluate.num_threads)
-    built = load_trained(params, Path(args.model_dir) if args.model_dir else None)
+    built = load_trained(params, model_dir)
     model, tok = built.model.eval(), built.backbone.tokenizer
     for task in ("ctr", "rating"):
         frame = pd.read_parquet(params.resolve(params.paths.examples_dir) / task / f"{args.split}.parquet")
