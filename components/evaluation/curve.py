@@ -26,7 +26,7 @@ from components.config import TASKS, Params
 from components.evaluation.rows import EvalData, load_eval_data
 from components.evaluation.scoring import MetricContext, task_metrics
 from components.evaluation.universal import InferenceConfig, catalogue_vectors, predict_task
-from components.model.lightning import trainable_state
+from components.model.lightning import trainable_state, trainable_tensors
 
 log = logging.getLogger(__name__)
 CURVE_TASK = "next_item"
@@ -87,8 +87,9 @@ class RetrievalCurve(L.Callback):
             metrics = task_metrics(CURVE_TASK, group, self.ctx)
             point[str(template)] = {k: round(metrics[k], 5) for k in CURVE_METRICS}
         self.points.append(point)
-        if self.select_best and self.score(point) > self.best_score:
-            self.best_step, self.best_score, self.best_state = step, self.score(point), trainable_state(model)
+        score = self.score(point)
+        if self.select_best and score > self.best_score:
+            self.best_step, self.best_score, self.best_state = step, score, trainable_state(model)
         if trainer is not None and trainer.logger is not None:
             flat = {f"curve/{t}/{k.replace('@', '_at_')}": v for t, m in point.items() if isinstance(m, dict)
                     for k, v in m.items()}
@@ -119,7 +120,7 @@ class RetrievalCurve(L.Callback):
         if self.best_step is None:
             raise RuntimeError("train.select_best: no curve point was measured, nothing to select")
         if self.best_step != last_step:
-            missing = set(trainable_state(self.built.model)) - set(self.best_state)
+            missing = set(trainable_tensors(self.built.model)) - set(self.best_state)
             if missing:
                 raise RuntimeError(f"train.select_best: the snapshot of step {self.best_step} lacks {sorted(missing)[:5]}")
             result = self.built.model.load_state_dict(self.best_state, strict=False)

@@ -22,15 +22,19 @@ LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standard
 """Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of what training changes: every trainable parameter and the learned buffers.
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: every trainable parameter and the learned buffers, by name (no copies).
 
     The frozen backbone weights are left out (they are rebuilt from the cached backbone), so this is
     what a checkpoint holds and what the best-point selection of the learning curve snapshots.
     """
     state = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    state |= {n: b for n, b in model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
-    return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
+    return state | {n: b for n, b in model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of `trainable_tensors`."""
+    return {n: t.detach().to("cpu", copy=True) for n, t in trainable_tensors(model).items()}
 
 
 class RecDataModule(L.LightningDataModule):
@@ -113,8 +117,7 @@ class LitUniversalRec(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        trainable |= {f"model.{n}" for n, _ in self.model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
+        trainable = {f"model.{n}" for n in trainable_tensors(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
 

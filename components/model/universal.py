@@ -239,10 +239,11 @@ class UniversalRecModel(nn.Module):
         return ids, self._output_vectors(ids), log_q
 
     def _output_vectors(self, ids: Tensor) -> Tensor:
-        """Training-time output vectors `(C, D)` of `ids`. With `model.softmax: full` they are rows of ONE
+        """Output vectors `(C, D)` of `ids`. In training with `model.softmax: full` they are rows of ONE
         pass over the whole catalogue, so the item head's running statistics always see every item
-        (scoring only a subset — a 20-item candidate list, the cold items — would shift them by task)."""
-        if self.full_softmax:
+        (scoring only a subset — a 20-item candidate list, the cold items — would shift them by task);
+        in eval mode the statistics are fixed and only `ids` are computed (serving's ctr / rating path)."""
+        if self.full_softmax and self.training:
             return self.item_vectors()[ids]
         return self.item_vectors(ids)
 

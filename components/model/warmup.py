@@ -173,6 +173,7 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
     total_targets = 0
     valid_curve: list[list[float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    since_best = 0  # evaluations since the best one
     scorer = HistoryPathScorer(model)
     bar = tqdm(range(cfg.steps), desc="collab warm-up", unit="step", mininterval=2.0)
     for step in bar:
@@ -195,8 +196,8 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
             valid_curve.append([step + 1, ndcg])
             log.info("collab warm-up step %d: validation NDCG@10 %.4f", step + 1, ndcg)
             if best is None or ndcg > best[0]:
-                best = (ndcg, step + 1, _warmup_state(model))
-            elif len(valid_curve) - 1 - [s for s, _ in valid_curve].index(best[1]) >= cfg.patience:
+                best, since_best = (ndcg, step + 1, _warmup_state(model)), 0
+            elif (since_best := since_best + 1) >= cfg.patience:
                 log.info("collab warm-up: no better validation NDCG@10 for %d evaluations, stopping", cfg.patience)
                 break
     if best is not None:
