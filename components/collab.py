@@ -53,10 +53,14 @@ def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
 
 
-def user_sequences(train: pd.DataFrame) -> list[np.ndarray]:
-    """Each user's training items in chronological order (`order`), users by `user_idx`: `[(L_u,) int64]`."""
+def user_sequences(train: pd.DataFrame, column: str = "item_idx") -> list[np.ndarray]:
+    """Each user's training items (or another `column`, e.g. `rating` as float64 with nan for none) in
+    chronological order (`order`), users by `user_idx`: `[(L_u,)]`."""
     ordered = train.sort_values(["user_idx", "order"], kind="stable")
-    return [g.to_numpy(dtype=np.int64) for _, g in ordered.groupby("user_idx", sort=True)["item_idx"]]
+    if column == "item_idx":
+        return [g.to_numpy(dtype=np.int64) for _, g in ordered.groupby("user_idx", sort=True)["item_idx"]]
+    return [g.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+            for _, g in ordered.groupby("user_idx", sort=True)[column]]
 
 
 def collaborative_vectors(train: pd.DataFrame, n_items: int, dim: int, window: int, seed: int) -> np.ndarray:

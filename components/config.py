@@ -265,6 +265,21 @@ class EmbedItemsParams(_Strict):
         return self
 
 
+class HistoryEncoderParams(_Strict):
+    kind: Literal["mean", "attention"] = "mean"
+    width: int = Field(default=128, ge=1)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    max_items: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "HistoryEncoderParams":
+        if self.width % self.heads:
+            raise ValueError(f"model.history_encoder.width ({self.width}) must be divisible by heads ({self.heads})")
+        return self
+
+
 class ModelParams(_Strict):
     item_token: str
     user_token: str
@@ -281,13 +296,17 @@ class ModelParams(_Strict):
     output_id_embedding: bool = False
     softmax: Literal["sampled", "full"] = "sampled"
     history_skip_items: int = Field(default=0, ge=0)
+    history_encoder: HistoryEncoderParams = HistoryEncoderParams()
     standardise_momentum: float = Field(default=0.05, gt=0.0, le=1.0)
     verbaliser_prior: bool = False
+    rating_prior_window: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _prior_needs_history(self) -> "ModelParams":
         if self.verbaliser_prior and self.history_skip_items < 1:
             raise ValueError("model.verbaliser_prior reads the history path: set model.history_skip_items > 0")
+        if self.rating_prior_window and not self.verbaliser_prior:
+            raise ValueError("model.rating_prior_window > 0 feeds the verbaliser prior: set model.verbaliser_prior: true")
         return self
 
 
@@ -318,6 +337,8 @@ class CollabWarmupParams(_Strict):
     lr_scale: float = Field(default=0.0, ge=0.0)
     eval_every: int = Field(default=0, ge=0)
     patience: int = Field(default=4, ge=1)
+    content_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    rating_weight: float = Field(default=0.0, ge=0.0)
 
 
 class TrainParams(_Strict):

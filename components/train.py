@@ -146,10 +146,12 @@ def make_trainer(params: Params, ckpt_dir: Path, logger: MLFlowLogger | bool, mo
 def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -> WarmupReport:
     """The collaborative warm-up on the training sequences (components/model/warmup.py), logged to MLflow."""
     frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
-                            columns=["user_idx", "item_idx", "order"])
+                            columns=["user_idx", "item_idx", "order", "rating"])
     cfg = params.train.collab_warmup
     valid = next_item_task(load_split_data(params), "valid") if cfg.eval_every else None
-    report = collab_warmup(built.model, user_sequences(frame), cfg, seed, params.train.log_every_n_steps, valid)
+    ratings = user_sequences(frame, "rating") if cfg.rating_weight else None
+    report = collab_warmup(built.model, user_sequences(frame), cfg, seed, params.train.log_every_n_steps, valid,
+                           ratings)
     for step, value in report.curve:
         logger.experiment.log_metric(logger.run_id, "warmup/loss", value, step=int(step))
     for step, value in report.valid_curve:

@@ -36,6 +36,8 @@ class Batch:
     answer_index: torch.Tensor  # (A,) long — index of the right verbaliser word
     answer_items: torch.Tensor  # (A,) long — the item each verbalised row asks about
     item_is_answer: torch.Tensor  # (P,) bool — the item slot is that asked-about item (not history)
+    item_is_history: torch.Tensor  # (P,) bool — the slot belongs to the user's history (what the history path reads)
+    item_ratings: torch.Tensor  # (P,) float32 — the user's rating the prompt writes next to the slot, nan if none
     label_rows: torch.Tensor  # (L,) long
     label_cols: torch.Tensor  # (L,) long
     labels: torch.Tensor  # (L,) long — next-token targets at (row, col)
@@ -76,7 +78,7 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
     acc: dict[str, list] = {k: [] for k in (
         "item_rows", "item_cols", "item_ids", "item_drop_id", "user_rows", "user_cols", "positives",
         "positive_sets", "candidates", "dense_rows", "dense_cols", "dense_targets", "answer_rows", "answer_cols",
-        "answer_index", "answer_items", "item_is_answer", "label_rows", "label_cols", "labels")}
+        "answer_index", "answer_items", "item_is_answer", "item_is_history", "item_ratings", "label_rows", "label_cols", "labels")}
     for row, ex in enumerate(examples):
         input_ids[row, : len(ex.input_ids)] = torch.tensor(ex.input_ids, dtype=torch.long)
         attention[row, : len(ex.input_ids)] = 1
@@ -85,6 +87,8 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
         acc["item_ids"] += ex.item_ids
         acc["item_drop_id"] += [ex.drop_id] * len(ex.item_positions)
         acc["item_is_answer"] += [k == ex.answer_slot for k in range(len(ex.item_positions))]
+        acc["item_is_history"] += ex.history_slots if ex.history_slots else [True] * len(ex.item_positions)
+        acc["item_ratings"] += ex.slot_ratings if ex.slot_ratings else [float("nan")] * len(ex.item_positions)
         if ex.user_positions:
             if not ex.targets:
                 raise ValueError(f"set-out example of task {ex.task} has no target item")
@@ -120,6 +124,9 @@ def collate(examples: list[EncodedExample], pad_id: int) -> Batch:
         answer_rows=_long(acc["answer_rows"]), answer_cols=_long(acc["answer_cols"]),
         answer_index=_long(acc["answer_index"]), answer_items=_long(acc["answer_items"]),
         item_is_answer=torch.tensor(acc["item_is_answer"], dtype=torch.bool),
+        item_is_history=torch.tensor(acc["item_is_history"], dtype=torch.bool) & ~torch.tensor(
+            acc["item_is_answer"], dtype=torch.bool),
+        item_ratings=torch.tensor(acc["item_ratings"], dtype=torch.float32),
         label_rows=_long(acc["label_rows"]), label_cols=_long(acc["label_cols"]), labels=_long(acc["labels"]),
         tasks=tasks,
     )

@@ -1,7 +1,7 @@
 """Assemble a `UniversalRecModel` from params, and save / reload its trained artefacts.
 
 Trainable parts: LoRA adapters (PEFT; or the whole backbone with `lora.enabled: false`), the input
-rows of the three special tokens (`UniversalRecModel.special_rows`), `ItemFusion` (ID table + modality MLPs), `SetQueryHead`, `ItemProjection`, the `VerbaliserPrior` scalars (`model.verbaliser_prior`).
+rows of the three special tokens (`UniversalRecModel.special_rows`), `ItemFusion` (ID table + modality MLPs), `SetQueryHead`, `ItemProjection`, the `VerbaliserPrior` scalars (`model.verbaliser_prior`), the `RatingEstimator` (`model.rating_prior_window`).
 Frozen: the backbone weights and the item text (and extra-modality) embeddings.
 
 Artefacts (``train.out_dir``): ``adapter/`` (PEFT ``save_pretrained``: adapter_config.json +
@@ -27,10 +27,11 @@ from components.model.backbone import Backbone, load_backbone
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
 from components.model.prompting import PromptSpec, make_spec
+from components.model.rating import RatingEstimator
 from components.model.universal import UniversalRecModel
 from components.model.verbalizer import VerbaliserPrior
 
-MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.")
+MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.", "rating_estimator.")
 
 
 @dataclass
@@ -40,13 +41,16 @@ class Built:
     spec: PromptSpec
 
 
-def item_statistics(params: Params, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(`id_known` (N,) bool: item has training interactions, `log_prob` (N,) of train frequency, +1 smoothed)."""
-    train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet", columns=["item_idx"])
+def item_statistics(params: Params, n_items: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(`id_known` (N,) bool: item has training interactions, `log_prob` (N,) of train frequency, +1 smoothed,
+    the mean training rating (0 when the data has no ratings))."""
+    train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet", columns=["item_idx", "rating"])
     counts = np.bincount(train["item_idx"].to_numpy(), minlength=n_items).astype(np.float64)
     id_known = torch.from_numpy(counts > 0)
     log_prob = torch.from_numpy(np.log((counts + 1.0) / (counts + 1.0).sum()))
-    return id_known, log_prob
+    ratings = train["rating"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+    mean_rating = float(np.nanmean(ratings)) if np.isfinite(ratings).any() else 0.0
+    return id_known, log_prob, mean_rating
 
 
 def load_modalities(params: Params) -> dict[str, torch.Tensor]:
@@ -72,7 +76,7 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
     backbone = backbone or load_backbone(params)
     modalities = load_modalities(params)
     n_items = next(iter(modalities.values())).shape[0]
-    id_known, log_prob = item_statistics(params, n_items)
+    id_known, log_prob, mean_rating = item_statistics(params, n_items)
     llm = backbone.model
     if params.lora.enabled and apply_lora:
         target = params.lora.target_modules
@@ -97,7 +101,9 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,
         full_softmax=params.model.softmax == "full", history_window=params.model.history_skip_items,
         verbaliser_prior=VerbaliserPrior({t: len(ids) for t, ids in spec.verbaliser_ids.items()},
-                                         params.model.temperature) if params.model.verbaliser_prior else None)
+                                         params.model.temperature) if params.model.verbaliser_prior else None,
+        rating_estimator=RatingEstimator(h, n_items, params.model.rating_prior_window, mean_rating)
+        if params.model.rating_prior_window else None)
     return Built(model=model, backbone=backbone, spec=spec)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import ModelParams
+from components.model.history import CausalHistoryEncoder, HistoryReader
 
 
 class RunningStandardise(nn.Module):
@@ -34,18 +35,20 @@ class RunningStandardise(nn.Module):
     item) vectors differ from step 0. The statistics are buffers updated in training mode from the
     detached batch (first batch: copied, then EMA with `momentum`), and the update happens BEFORE
     normalising, so training and evaluation apply the same function of the stored statistics —
-    no dependence on other rows of a batch at inference.
+    no dependence on other rows of a batch at inference. `frozen` (set by the LoRA phase for the modules
+    the collaborative warm-up fitted, `train.collab_warmup.lr_scale: 0`) stops the updates in training mode too.
     """
 
     def __init__(self, width: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
+        self.frozen = False
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("var", torch.ones(width))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.numel():
+        if self.training and not self.frozen and x.numel():
             with torch.no_grad():
                 flat = x.detach().float().reshape(-1, x.shape[-1])
                 mean, var = flat.mean(0), flat.var(0, unbiased=False)
@@ -88,21 +91,24 @@ class SetQueryHead(_Projection):
     equally `(B, T, H) → (B, T, D)` to read a user vector at every item position (dense training),
     or any `(..., H) → (..., D)`.
 
-    With `history_path` (`model.history_skip_items > 0`) `forward(hidden, history)` also takes the
-    mean fused input vector of the recent items `(..., H)` (`history.recent_item_mean`) through its
-    own standardise → MLP, added to the hidden-state MLP's output before the normalisation.
+    With a `history_reader` (`model.history_skip_items > 0`) `forward(hidden, history)` also takes the
+    reader's summary of the prompt's items up to the read position `(..., E)` (`history.HistoryReader`:
+    the mean fused vector of the recent items, E = H, or a causal encoder's output, E = its width) through
+    its own standardise → MLP, added to the hidden-state MLP's output before the normalisation.
     """
 
     def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False,
-                 history_path: bool = False, momentum: float = 0.05) -> None:
+                 history_reader: HistoryReader | None = None, momentum: float = 0.05) -> None:
         super().__init__(hidden_size, retrieval_dim, l2_normalize, bias_column, momentum)
         self.bias_scale = nn.Linear(hidden_size, 1) if bias_column else None
         if self.bias_scale is not None:
             nn.init.zeros_(self.bias_scale.weight)
             nn.init.zeros_(self.bias_scale.bias)
-        self.history_standardise = RunningStandardise(hidden_size, momentum) if history_path else None
-        self.history_mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                                         nn.Linear(hidden_size, retrieval_dim)) if history_path else None
+        self.history_reader = history_reader
+        width = history_reader.out_dim if history_reader is not None else 0
+        self.history_standardise = RunningStandardise(width, momentum) if history_reader is not None else None
+        self.history_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(),
+                                         nn.Linear(width, retrieval_dim)) if history_reader is not None else None
 
     def _last_column(self, standardised: Tensor) -> Tensor:
         # (..., 1) multiplies the item bias: 1 + a learned function of the prompt (zero-initialised), so a
@@ -135,9 +141,16 @@ class SetQueryHead(_Projection):
 
     @classmethod
     def from_params(cls, model: ModelParams, hidden_size: int) -> "SetQueryHead":
-        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items) and the width H."""
-        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias,
-                   model.history_skip_items > 0, model.standardise_momentum)
+        """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items,
+        history_encoder) and the width H."""
+        reader = None
+        if model.history_skip_items > 0:
+            enc = model.history_encoder
+            encoder = CausalHistoryEncoder(hidden_size, enc.width, enc.layers, enc.heads, enc.dropout,
+                                           enc.max_items) if enc.kind == "attention" else None
+            reader = HistoryReader(enc.kind, hidden_size, model.history_skip_items, encoder, enc.width)
+        return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias, reader,
+                   model.standardise_momentum)
 
 
 class ItemProjection(_Projection):
@@ -184,4 +197,6 @@ def set_scores(user_vecs: Tensor, item_vecs: Tensor) -> Tensor:
     """Set-out scores: `(B, M, D)` user vectors × `(C, D)` items → `(B, C)`, max over M of inner products."""
     if user_vecs.ndim != 3 or item_vecs.ndim != 2 or user_vecs.shape[-1] != item_vecs.shape[-1]:
         raise ValueError(f"expected (B, M, D) and (C, D), got {tuple(user_vecs.shape)} and {tuple(item_vecs.shape)}")
+    if user_vecs.shape[1] == 1:  # one vector per query (dense slots, the warm-up): a plain matmul, no max
+        return user_vecs[:, 0] @ item_vecs.T
     return torch.einsum("bmd,cd->bmc", user_vecs, item_vecs).amax(dim=1)

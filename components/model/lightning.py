@@ -37,6 +37,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().to("cpu", copy=True) for n, t in trainable_tensors(model).items()}
 
 
+def freeze_warmed_statistics(model: UniversalRecModel) -> None:
+    """Keep the running statistics of the modules the collaborative warm-up fitted (the history path's and
+    the item head's standardisation) as fitted, like their weights at `lr_scale: 0`. Left free, the history
+    path's statistics drift to the mix of set-out prompts LoRA training reads (candidate lists, short query
+    histories) within ~1/momentum steps, and the frozen MLP behind them no longer sees what it was fitted on."""
+    for norm in (model.user_head.history_standardise, model.item_head.standardise):
+        if norm is not None:
+            norm.frozen = True
+
+
 class RecDataModule(L.LightningDataModule):
     def __init__(self, train: dict[str, list[EncodedExample]], val: dict[str, list[EncodedExample]],
                  cfg: TrainParams, seed: int, pad_id: int) -> None:
@@ -58,6 +68,8 @@ class LitUniversalRec(L.LightningModule):
     def __init__(self, model: UniversalRecModel, cfg: TrainParams, seed: int) -> None:
         super().__init__()
         self.model, self.cfg, self.seed = model, cfg, seed
+        if cfg.collab_warmup.steps and cfg.collab_warmup.lr_scale == 0:
+            freeze_warmed_statistics(model)
         self.strict_loading = False  # checkpoints carry only the trainable tensors
         self.last_losses: dict[str, float] = {}
         self._pending: dict[str, list[float]] = defaultdict(list)
@@ -100,8 +112,8 @@ class LitUniversalRec(L.LightningModule):
         special = self.model.special_rows
         # after the collaborative warm-up, the modules it fitted learn at lr × `collab_warmup.lr_scale` (0 = kept
         # as fitted): the same 8-prompt batches at the full rate undo the warm-up (measured, README "The model")
-        warmed = {id(p) for p in warmup_parameters(self.model)} if self.cfg.collab_warmup.steps else set()
         prior = {id(p) for n, p in params if n.startswith("verbaliser_prior.")}
+        warmed = {id(p) for p in warmup_parameters(self.model)} - prior if self.cfg.collab_warmup.steps else set()
         rest = [p for _, p in params if p is not special and id(p) not in warmed | prior]
         groups = [
             {"params": [p for _, p in params if p is special], "lr": self.cfg.embedding_lr, "weight_decay": 0.0},

@@ -69,6 +69,12 @@ class EncodedExample:
     label_positions: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     drop_id: bool = False
+    history_slots: list[bool] = field(default_factory=list)
+    """Per kept item slot: True when it belongs to the user's history (not a candidate, not the asked-about
+    item) — the slots the user head's history path reads. Empty = every slot is history."""
+    slot_ratings: list[float] = field(default_factory=list)
+    """Per kept item slot: the user's rating the prompt writes next to it (`history_ratings` of a rated
+    history), nan where none. Empty = no slot is rated."""
 
 
 def verbaliser_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, tuple[int, ...]]:
@@ -130,6 +136,19 @@ def _ints(values: object) -> list[int]:
     return [] if values is None else [int(v) for v in values]  # type: ignore[union-attr]
 
 
+def _history_run(row: dict, n_items: int) -> tuple[int, int]:
+    """(first history placeholder, history length) of a rendered row (`history_start`, `n_history` columns of
+    textualize); a row without them (hand-built) counts every placeholder as history."""
+    start, n_history = row.get("history_start"), row.get("n_history")
+    if start is None or n_history is None or start != start or n_history != n_history:  # absent or NaN
+        return 0, n_items
+    start, n_history = int(start), int(n_history)
+    if start < 0 or start + n_history > n_items:
+        raise ValueError(f"example {row.get('example_id')}: history_start {start} + n_history {n_history} "
+                         f"exceeds its {n_items} item placeholders")
+    return start, n_history
+
+
 def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSpec,
                    with_target: bool = True) -> EncodedExample:
     """Encode one row of `data/examples/<task>/<split>.parquet` (see components/textualize).
@@ -149,18 +168,29 @@ def encode_example(row: dict, tokenizer: PreTrainedTokenizerBase, spec: PromptSp
         raise ValueError(f"max_prompt_tokens {spec.max_prompt_tokens} leaves no room for the prompt")
     cut = max(0, len(ids) - budget)
     slots = [p for p, tok in enumerate(ids) if tok == spec.item_id]
-    kept = [(p - cut, item) for p, item in zip(slots, items) if p >= cut]
+    start, n_history = _history_run(row, len(items))
+    kept = [(p - cut, item, start <= k < start + n_history) for k, (p, item) in enumerate(zip(slots, items)) if p >= cut]
     ids = ids[cut:] + tail
-    ex = EncodedExample(task=task, input_ids=ids, item_positions=[p for p, _ in kept],
-                        item_ids=[i for _, i in kept], drop_id=task == "cold_start")
+    ex = EncodedExample(task=task, input_ids=ids, item_positions=[p for p, _, _ in kept],
+                        item_ids=[i for _, i, _ in kept], drop_id=task == "cold_start",
+                        history_slots=[h for _, _, h in kept])
+    shown = [float(r) for r in (row.get("history_ratings") if row.get("history_ratings") is not None else [])]
+    if shown:
+        if len(shown) != n_history:
+            raise ValueError(f"example {row.get('example_id')}: {len(shown)} history_ratings for {n_history} "
+                             "history items")
+        ratings = [float("nan")] * len(items)
+        ratings[start: start + n_history] = shown
+        first_kept = len(slots) - len(kept)  # the left cut removes the first slots
+        ex.slot_ratings = ratings[first_kept:]
     n_prompt = len(ids) - len(tail)
     if task in SET_OUT_TASKS:
         ex.user_positions = list(range(n_prompt, len(ids)))
         ex.targets = targets
         ex.candidates = _ints(row.get("candidates"))
         if task in DENSE_TASKS and targets and kept:
-            sequence = [i for _, i in kept] + [targets[0]]
-            ex.dense_positions = [p for p, _ in kept]
+            sequence = [i for _, i, _ in kept] + [targets[0]]
+            ex.dense_positions = [p for p, _, _ in kept]
             ex.dense_targets = sequence[1:]
     elif task in VERBALISED_TASKS:
         answer = str(row["target_text"]).strip()

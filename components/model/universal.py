@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from components.model.batching import Batch
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
-from components.model.history import recent_item_mean
 from components.model.index import score_candidate_lists
 from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
 from components.model.prompting import VERBALISED_TASKS
+from components.model.rating import RatingEstimator
 from components.model.verbalizer import VerbaliserPrior, verbalizer_logits, verbalizer_loss
 
 
@@ -34,7 +34,8 @@ class UniversalRecModel(nn.Module):
     def __init__(self, llm: nn.Module, fusion: ItemFusion, user_head: SetQueryHead, item_head: ItemProjection,
                  verbaliser_ids: dict[str, tuple[int, ...]], temperature: float, num_negatives: int,
                  item_log_prob: Tensor, special_ids: dict[str, int], full_softmax: bool = False,
-                 history_window: int = 0, verbaliser_prior: VerbaliserPrior | None = None) -> None:
+                 history_window: int = 0, verbaliser_prior: VerbaliserPrior | None = None,
+                 rating_estimator: RatingEstimator | None = None) -> None:
         super().__init__()
         self.llm, self.fusion, self.user_head, self.item_head = llm, fusion, user_head, item_head
         # Trainable input rows of the special tokens ([ITEM], [UM], [LM]), kept apart from the frozen
@@ -46,6 +47,7 @@ class UniversalRecModel(nn.Module):
         self.temperature, self.num_negatives, self.full_softmax = temperature, num_negatives, full_softmax
         self.history_window = history_window
         self.verbaliser_prior = verbaliser_prior
+        self.rating_estimator = rating_estimator
         for task, ids in verbaliser_ids.items():
             self.register_buffer(f"verbaliser_{task}", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.register_buffer("item_log_prob", item_log_prob.float(), persistent=False)  # (N,)
@@ -75,9 +77,17 @@ class UniversalRecModel(nn.Module):
         steps, after which the LLM cannot tell items apart. `ItemProjection` learns the output map.
         """
         ids = torch.arange(self.n_items, device=self.fusion.id_known.device) if item_ids is None else item_ids
+        return self.catalogue(ids, drop_id)[1]
+
+    def catalogue(self, item_ids: Tensor | None = None, drop_id: Tensor | bool | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """(fused input vectors `(C, H)` WITH gradient, output vectors `(C, D [+ 1])`, the ID mask `(C,)`) of
+        `item_ids` (all items when None) from one fusion pass: one modality-dropout draw per item serves
+        both sides (the collaborative warm-up reads a window's inputs as rows of it)."""
+        ids = torch.arange(self.n_items, device=self.fusion.id_known.device) if item_ids is None else item_ids
         use_id = self.fusion.id_mask(ids, drop_id)  # one draw: the input and output ID rows share it
         fused = self.fusion(ids, use_id=use_id)
-        return self.item_head(fused.detach(), ids, use_id)
+        return fused, self.item_head(fused.detach(), ids, use_id), use_id
 
     def input_embeddings(self, batch: Batch) -> Tensor:
         """`(B, T, H)` token embeddings with the trainable special rows and the fused item vectors injected."""
@@ -108,15 +118,19 @@ class UniversalRecModel(nn.Module):
         return self.encode(batch)[0]
 
     def recent_history(self, batch: Batch, fused: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor | None:
-        """`(R, H)` mean fused input of the last `history_window` items at or before each read position,
-        or None when the head has no history path. `fused` None: recomputed (eval mode: deterministic)."""
-        if self.history_window <= 0:
+        """`(R, E)` the history reader's summary of the HISTORY slots (`batch.item_is_history`: not candidates,
+        not the asked-about item) at or before each read position (the mean fused input of the last
+        `history_window` of them, or the causal encoder's output there), or None when the head has no history
+        path. `fused` `(P, H)` of every item slot, None: recomputed (eval mode: deterministic)."""
+        reader = self.user_head.history_reader
+        if reader is None:
             return None
         if fused is None:
             fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
                 self.special_rows.new_zeros((0, self.fusion.hidden_size))
-        return recent_item_mean(fused.float(), batch.item_rows, batch.item_cols, int(batch.input_ids.shape[0]),
-                                rows, cols, self.history_window)
+        keep = batch.item_is_history
+        return reader(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep], int(batch.input_ids.shape[0]),
+                      rows, cols)
 
     @staticmethod
     def user_token_states(hidden: Tensor, batch: Batch) -> Tensor:
@@ -129,33 +143,56 @@ class UniversalRecModel(nn.Module):
         states = self.user_token_states(hidden, batch)  # (S, M, H)
         history = self.recent_history(batch, fused, batch.user_rows, batch.user_cols[:, 0]) \
             if batch.user_cols.numel() else None
-        return self.user_head(states, None if history is None else history.unsqueeze(1).expand_as(states))
+        return self.user_head(states, None if history is None else history.unsqueeze(1).expand(-1, states.shape[1], -1))
 
     def verbaliser(self, task: str) -> Tensor:
         return getattr(self, f"verbaliser_{task}")
 
     def answer_logits(self, hidden: Tensor, batch: Batch, task: str, rows: Tensor, fused: Tensor | None = None) -> Tensor:
         """`(A, K)` verbaliser logits for the answer slots `rows` (indices into batch.answer_*), plus the
-        collaborative prior when the model has one."""
+        collaborative prior when the model has one (rating with a `RatingEstimator`: read from r̂ − μ)."""
         h = hidden[batch.answer_rows[rows], batch.answer_cols[rows]]
         head = self.lm_head()
         logits = verbalizer_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
         if self.verbaliser_prior is None:
             return logits
-        return logits.float() + self.verbaliser_prior(task, self.answer_scores(batch, rows, fused))
+        if task == "rating" and self.rating_estimator is not None:
+            signal = self.rating_scores(batch, rows, fused) - self.rating_estimator.mean.detach()
+        else:
+            signal = self.answer_scores(batch, rows, fused)
+        return logits.float() + self.verbaliser_prior(task, signal)
 
     @torch.no_grad()
-    def answer_scores(self, batch: Batch, rows: Tensor, fused: Tensor | None = None) -> Tensor:
-        """`(A,)` next-item score of each asked-about item under the history path alone: the mean fused
-        vector of the row's last `history_window` OTHER items → `user_head.history_vectors`, inner product
-        with the item's output vector (cosine + item bias), as the collaborative warm-up trains it."""
+    def rating_scores(self, batch: Batch, rows: Tensor, fused: Tensor | None = None) -> Tensor:
+        """`(A,)` the rating estimate r̂ of each asked-about item (`RatingEstimator`): the rated history slots
+        at or before the answer slot (`batch.item_ratings`), the item's bias and the history path's score.
+        Item offsets use the deterministic ID mask (ID known, not dropped by the prompt)."""
+        if self.rating_estimator is None:
+            raise ValueError("rating_scores needs model.rating_prior_window > 0")
         if fused is None:
             fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
                 self.special_rows.new_zeros((0, self.fusion.hidden_size))
-        keep = ~batch.item_is_answer
-        history = recent_item_mean(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep],
-                                   int(batch.input_ids.shape[0]), batch.answer_rows[rows], batch.answer_cols[rows],
-                                   max(self.history_window, 1))  # (A, H)
+        known = self.fusion.id_known
+        keep = batch.item_is_history
+        ids = batch.item_ids[keep]
+        asked = batch.answer_items[rows]
+        affinity = self.answer_scores(batch, rows, fused)
+        with torch.autocast(device_type=fused.device.type, enabled=False):  # a regression: float32 throughout
+            asked_fused = self.fusion(asked, use_id=known[asked]).float()
+            target_bias = self.rating_estimator.item_bias(asked_fused, asked, known[asked])
+            return self.rating_estimator.from_slots(
+                fused[keep].float(), ids, known[ids] & ~batch.item_drop_id[keep], batch.item_ratings[keep],
+                batch.item_rows[keep], batch.item_cols[keep], int(batch.input_ids.shape[0]), batch.answer_rows[rows],
+                batch.answer_cols[rows], target_bias, affinity)
+
+    @torch.no_grad()
+    def answer_scores(self, batch: Batch, rows: Tensor, fused: Tensor | None = None) -> Tensor:
+        """`(A,)` next-item score of each asked-about item under the history path alone: the history
+        reader over the row's history slots up to the answer slot → `user_head.history_vectors`, inner
+        product with the item's output vector (cosine + item bias), as the collaborative warm-up trains it."""
+        if self.user_head.history_reader is None:
+            raise ValueError("answer_scores reads the history path: set model.history_skip_items > 0")
+        history = self.recent_history(batch, fused, batch.answer_rows[rows], batch.answer_cols[rows])  # (A, E)
         users = self.user_head.history_vectors(history).float()  # (A, D [+ 1])
         items = self._output_vectors(batch.answer_items[rows]).float()  # (A, D [+ 1])
         return (users * items).sum(-1)
@@ -249,12 +286,16 @@ class UniversalRecModel(nn.Module):
 
     def _cold_candidates(self, positive_sets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """cold_start: the exact softmax over the cold items (no training interactions) ∪ the positives —
-        the candidate set `unirec evaluate` ranks them in. Over the whole catalogue the task would teach
-        the shared item bias that cold items are likely, for every task (measured: next-item NDCG@10 fell
-        below popularity in a mixed run)."""
+        the candidate set `unirec evaluate` ranks them in — every candidate CONTENT-ONLY (ID and collaborative
+        modalities dropped). A training positive is a warm item; with its ID it would stand out from the
+        content-only cold items by its modality alone, and the task would learn that instead of ranking by
+        content. Over the whole catalogue the task would teach the shared item bias that cold items are
+        likely, for every task (measured: next-item NDCG@10 fell below popularity in a mixed run)."""
         cold = (~self.fusion.id_known).nonzero().squeeze(1)
         ids = torch.unique(torch.cat([cold, positive_sets[positive_sets >= 0]]))
-        return ids, self._output_vectors(ids), torch.zeros(ids.numel(), device=ids.device)
+        vectors = self.item_vectors(drop_id=True)[ids] if self.full_softmax and self.training else \
+            self.item_vectors(ids, drop_id=True)
+        return ids, vectors, torch.zeros(ids.numel(), device=ids.device)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -10,15 +10,19 @@ and the LLM then learns on top of meaningful item vectors. After the warm-up the
 the user head is silenced (`SetQueryHead.silence_hidden_path`), so LoRA training starts exactly at the
 warm-up's user vectors and the LLM adds to them.
 
-Trained here: `ItemFusion` (ID table, modality MLPs, output MLP), `SetQueryHead`'s history path, all of
-`ItemProjection`. Untouched: the backbone/LoRA, the special-token rows, the hidden-state path and the
-prompt-dependent bias factor (zero-initialised, so the factor is 1 as in `history_vectors`).
+Trained here: `ItemFusion` (ID table, modality MLPs, output MLP), `SetQueryHead`'s history path (its
+reader: the mean pool or the causal encoder, and its MLP), all of `ItemProjection`, and with
+`rating_weight > 0` the `RatingEstimator` and the rating verbaliser prior. Untouched: the backbone/LoRA,
+the special-token rows, the hidden-state path and the prompt-dependent bias factor (zero-initialised, so the
+factor is 1 as in `history_vectors`).
 
 One step: B windows (window ends drawn uniformly over all training interactions, seeded by step), each
-the ≤ `max_len` items before its end; at every position t the user vector is
-`history_vectors(mean of the fused inputs of the last model.history_skip_items items ≤ t)`, the target
-the item at t + 1 (exactly the dense next-item read-out of LoRA training); exact softmax over the whole
-catalogue with output vectors from one pass (modality dropout drawn on both sides, as in training).
+the ≤ `max_len` items before its end; at every position t the user vector is `history_vectors(history
+reader over the window's items ≤ t)`, the target the item at t + 1 (exactly the dense next-item read-out of
+LoRA training); exact softmax over the whole catalogue. One fusion pass over the catalogue per step gives
+both the output vectors and the windows' input vectors (one modality-dropout draw per item and step).
+`content_weight` adds the same softmax over content-only output vectors (cold-start's condition),
+`rating_weight` the rating estimate's error on every rated target (components/model/rating.py).
 
 Early stopping (`eval_every > 0`): every `eval_every` steps the history path ranks every item for each
 validation user (history = the user's training sequence, train items excluded, the evaluator the SASRec
@@ -36,11 +40,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from components.baselines.common import NextItemTask, evaluate_scorer
 from components.config import CollabWarmupParams
-from components.model.history import recent_item_mean
 from components.model.losses import sampled_softmax_loss
 from components.model.universal import UniversalRecModel
 
@@ -73,27 +77,53 @@ class WarmupReport:
 
 
 class HistoryPathScorer:
-    """`NextItemScorer` of the history path alone: mean fused vector of a history's last
-    `model.history_window` items → `user_head.history_vectors` · output item vectors (eval mode)."""
+    """`NextItemScorer` of the history path alone: the history reader over a history's last
+    `history_reader.context` items (read after the last one) → `user_head.history_vectors` · output item
+    vectors (eval mode)."""
 
     def __init__(self, model: UniversalRecModel) -> None:
         self.model = model
 
     @torch.no_grad()
     def score_users(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        model, window = self.model, max(self.model.history_window, 1)
+        model = self.model
+        window = model.user_head.history_reader.context
         was_training = model.training
         model.eval()
         recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
         ids = torch.from_numpy(np.concatenate(recent)) if recent else torch.empty(0, dtype=torch.long)
         fused = model.fusion(ids).float()  # (P, H)
-        owner = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
-        sums = fused.new_zeros((len(recent), fused.shape[-1])).index_add_(0, owner, fused)
-        counts = torch.tensor([max(len(r), 1) for r in recent], dtype=torch.float32).unsqueeze(1)
-        users = model.user_head.history_vectors(sums / counts).float()  # (U, D [+ 1])
+        rows = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
+        cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
+        last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
+        history = model.user_head.history_reader(fused, rows, cols, len(recent), torch.arange(len(recent)), last)
+        users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
         scores = users @ model.item_vectors().float().T  # (U, N)
         model.train(was_training)
         return scores.numpy()
+
+
+def _window_spans(lengths: np.ndarray, batch_size: int, max_len: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """(users `(B,)`, exclusive window ends): ends uniform over every interaction with a predecessor."""
+    if max_len < 1 or not (lengths >= 2).any():
+        raise ValueError("collab warm-up needs max_len >= 1 and at least one user with >= 2 training items")
+    weights = np.clip(lengths - 1, 0, None).astype(np.float64)
+    users = rng.choice(len(lengths), size=batch_size, p=weights / weights.sum())
+    return users, [int(rng.integers(2, lengths[u] + 1)) for u in users]  # target = seq[end - 1]
+
+
+def _cut(sequences: list[np.ndarray], users: np.ndarray, ends: list[int], max_len: int,
+         fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs `(B, max_len)`, targets `(B, max_len)`) of each (user, end) window, `fill` on the right."""
+    dtype = sequences[0].dtype if sequences else np.int64
+    inputs = np.full((len(users), max_len), fill, dtype=dtype)
+    targets = np.full((len(users), max_len), fill, dtype=dtype)
+    for row, (u, end) in enumerate(zip(users, ends)):
+        window = sequences[u][max(0, end - max_len - 1): end]
+        inputs[row, : len(window) - 1] = window[:-1]
+        targets[row, : len(window) - 1] = window[1:]
+    return inputs, targets
 
 
 def sample_windows(sequences: list[np.ndarray], batch_size: int, max_len: int,
@@ -103,33 +133,77 @@ def sample_windows(sequences: list[np.ndarray], batch_size: int, max_len: int,
     Window ends are uniform over all interactions that have a predecessor in their sequence, so every
     training interaction is equally likely to be a target; L ≤ `max_len`.
     """
-    lengths = np.array([len(s) for s in sequences])
-    if max_len < 1 or not (lengths >= 2).any():
-        raise ValueError("collab warm-up needs max_len >= 1 and at least one user with >= 2 training items")
-    weights = np.clip(lengths - 1, 0, None).astype(np.float64)
-    users = rng.choice(len(sequences), size=batch_size, p=weights / weights.sum())
-    ends = [int(rng.integers(2, lengths[u] + 1)) for u in users]  # exclusive end: target = seq[end - 1]
-    inputs = np.full((batch_size, max_len), -1, dtype=np.int64)
-    targets = np.full((batch_size, max_len), -1, dtype=np.int64)
-    for row, (u, end) in enumerate(zip(users, ends)):
-        window = sequences[u][max(0, end - max_len - 1): end]
-        inputs[row, : len(window) - 1] = window[:-1]
-        targets[row, : len(window) - 1] = window[1:]
-    return inputs, targets
+    users, ends = _window_spans(np.array([len(s) for s in sequences]), batch_size, max_len, rng)
+    return _cut(sequences, users, ends, max_len, -1)
 
 
-def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(full-softmax next-item loss of the history path over one batch of windows `(B, L)`, #targets)."""
+def sample_rated_windows(sequences: list[np.ndarray], ratings: list[np.ndarray], batch_size: int, max_len: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`sample_windows` (the same windows for the same rng state) plus the ratings of the inputs and of the
+    targets `(B, L)` float64, nan where padded or unrated."""
+    users, ends = _window_spans(np.array([len(s) for s in sequences]), batch_size, max_len, rng)
+    return (*_cut(sequences, users, ends, max_len, -1), *_cut(ratings, users, ends, max_len, np.nan))
+
+
+def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor,
+                content_weight: float = 0.0, ratings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                rating_weight: float = 0.0) -> tuple[torch.Tensor, int]:
+    """(full-softmax next-item loss of the history path over one batch of windows `(B, L)`, #targets).
+
+    With `content_weight` w > 0 the loss is (1 - w) · that + w · the same targets' softmax over every item's
+    CONTENT-ONLY output vector (ID and collaborative modalities dropped: what a cold item always is), so the
+    content path learns to rank on its own, as cold-start retrieval uses it. With `ratings` (the inputs' and
+    the targets' ratings `(B, L)`, nan = none) and `rating_weight` > 0 it adds `rating_weight` × the rating
+    estimate's loss at every position (`rating_loss`)."""
     valid = inputs >= 0
     rows, cols = valid.nonzero(as_tuple=True)  # (P,) each, row-major = the (row, col) order of `collate`
-    fused = model.fusion(inputs[valid])  # (P, H), modality dropout in training mode
-    history = recent_item_mean(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols, model.history_window)
+    # one fusion pass over the catalogue (one modality-dropout draw per item and step) serves the inputs too:
+    # ~N instead of N + B·L fused vectors a step
+    fused_all, item_vecs, use_id = model.catalogue()  # (N, H), (N, D [+1]), (N,)
+    fused = fused_all[inputs[valid]]  # (P, H)
+    history = model.user_head.history_reader(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols)
     users = model.user_head.history_vectors(history).unsqueeze(1)  # (P, 1, D [+1])
     ids = torch.arange(model.n_items, device=inputs.device)
-    item_vecs = model.item_vectors()  # (N, D [+1]) one pass over the catalogue
-    loss = sampled_softmax_loss(users, targets[valid], ids, item_vecs, torch.zeros(model.n_items, device=inputs.device),
-                                model.temperature)
+    log_q = torch.zeros(model.n_items, device=inputs.device)
+    loss = sampled_softmax_loss(users, targets[valid], ids, item_vecs, log_q, model.temperature)
+    if content_weight > 0:
+        content = model.item_vectors(drop_id=True)  # (N, D [+1])
+        content_loss = sampled_softmax_loss(users, targets[valid], ids, content, log_q, model.temperature)
+        loss = (1 - content_weight) * loss + content_weight * content_loss
+    if ratings is not None and rating_weight > 0:
+        affinity = (users.squeeze(1) * item_vecs[targets[valid]]).sum(-1).detach()  # (P,) the history path's s
+        loss = loss + rating_weight * rating_loss(model, inputs, targets, fused_all, use_id, ratings, affinity)
     return loss, int(rows.numel())
+
+
+def rating_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor, fused_all: torch.Tensor,
+                use_id: torch.Tensor, ratings: tuple[torch.Tensor, torch.Tensor], affinity: torch.Tensor) -> torch.Tensor:
+    """Squared error of r̂ (`RatingEstimator`) for every rated target of the windows, given the rated inputs at
+    or before its position, + the cross-entropy of the rating verbaliser's prior alone (LM logits left out) on
+    the same targets, so LoRA training starts from a calibrated prior. fused_all `(N, H)` and use_id `(N,)`:
+    the step's catalogue pass; affinity `(P,)`."""
+    estimator, prior = model.rating_estimator, model.verbaliser_prior
+    if estimator is None:
+        raise ValueError("train.collab_warmup.rating_weight > 0 needs model.rating_prior_window > 0")
+    valid = inputs >= 0
+    in_ratings, out_ratings = ratings
+    bias = estimator.item_bias(fused_all, torch.arange(model.n_items, device=inputs.device), use_id)  # (N,)
+    residual = torch.zeros(inputs.shape, device=inputs.device)
+    residual[valid] = in_ratings[valid].float() - estimator.mean - bias[inputs[valid]]
+    rated_in = valid & ~torch.isnan(in_ratings)
+    offsets = estimator.user_offsets(torch.where(rated_in, residual, 0.0), rated_in)[valid]  # (P,)
+    estimate = estimator.mean + bias[targets[valid]] + offsets + estimator.affinity * affinity
+    truth = out_ratings[valid].float()
+    rated = ~torch.isnan(truth)
+    if not rated.any():
+        return estimate.sum() * 0.0
+    loss = F.mse_loss(estimate[rated], truth[rated])
+    if prior is not None and "rating" in prior.scale:
+        k = prior.scale["rating"].numel()
+        answer = (torch.floor(truth[rated] + 0.5).long() - 1).clamp(0, k - 1)  # the verbaliser word index
+        logits = prior("rating", (estimate[rated] - estimator.mean).detach())
+        loss = loss + F.cross_entropy(logits, answer)
+    return loss
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -140,31 +214,43 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def warmup_parameters(model: UniversalRecModel) -> list[torch.nn.Parameter]:
+def warmup_parameters(model: UniversalRecModel, with_prior: bool = False) -> list[torch.nn.Parameter]:
+    """What the warm-up fits: fusion, the history path, the item head, the rating estimate, and with
+    `with_prior` the rating verbaliser prior's scale and offset (LoRA training keeps those in their own group)."""
     head = model.user_head
     if head.history_mlp is None:
         raise ValueError("train.collab_warmup.steps > 0 needs the user head's history path "
                          "(model.history_skip_items > 0)")
-    modules = [model.fusion, head.history_mlp, model.item_head]
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
+    modules = [model.fusion, head.history_reader, head.history_mlp, model.item_head]
+    if model.rating_estimator is not None:
+        modules.append(model.rating_estimator)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    prior = model.verbaliser_prior
+    if with_prior and model.rating_estimator is not None and prior is not None and "rating" in prior.scale:
+        params += [prior.scale["rating"], prior.offset["rating"]]
+    return params
 
 
 def _warmup_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
     """Copies of everything the warm-up changes: fusion, the history path (+ its statistics), the item head."""
-    prefixes = ("fusion.", "user_head.history_", "item_head.")
+    prefixes = ("fusion.", "user_head.history_", "item_head.", "rating_estimator.", "verbaliser_prior.")
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
 def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: CollabWarmupParams, seed: int,
-                  log_every: int = 10, valid: NextItemTask | None = None) -> WarmupReport:
+                  log_every: int = 10, valid: NextItemTask | None = None,
+                  ratings: list[np.ndarray] | None = None) -> WarmupReport:
     """Run the warm-up in place on `model` (training mode) and silence the head's hidden-state path.
 
     With `cfg.eval_every > 0`, `valid` (the validation next-item rows) drives early stopping (module docstring).
+    `ratings` (aligned with `sequences`, nan = unrated) feed the rating estimate when `cfg.rating_weight > 0`.
     """
     if cfg.eval_every and valid is None:
         raise ValueError("train.collab_warmup.eval_every > 0 needs the validation rows (valid)")
+    if cfg.rating_weight and ratings is None:
+        raise ValueError("train.collab_warmup.rating_weight > 0 needs the training ratings")
     start = time.perf_counter()
-    params = warmup_parameters(model)
+    params = warmup_parameters(model, with_prior=bool(cfg.rating_weight))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     model.train()
@@ -179,8 +265,14 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
     for step in bar:
         rng = np.random.default_rng([seed, 7, step])
         torch.manual_seed(seed * 1_000_003 + 7_919 * step + 1)  # modality dropout of step k: a function of k
-        inputs, targets = sample_windows(sequences, cfg.batch_size, cfg.max_len, rng)
-        loss, n_targets = warmup_loss(model, torch.from_numpy(inputs), torch.from_numpy(targets))
+        rated = None
+        if cfg.rating_weight:
+            inputs, targets, in_r, out_r = sample_rated_windows(sequences, ratings, cfg.batch_size, cfg.max_len, rng)
+            rated = (torch.from_numpy(in_r), torch.from_numpy(out_r))
+        else:
+            inputs, targets = sample_windows(sequences, cfg.batch_size, cfg.max_len, rng)
+        loss, n_targets = warmup_loss(model, torch.from_numpy(inputs), torch.from_numpy(targets), cfg.content_weight,
+                                      rated, cfg.rating_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

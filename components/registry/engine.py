@@ -66,7 +66,7 @@ class Recommender:
         cold = self.catalogue.cold_items
         self.cold_index = TorchIndex(vectors[cold]) if len(cold) else None  # exact, over the cold items only
         self.context = make_context(self.registry, self.catalogue.item_name, self.catalogue.user_text,
-                                    params.textualize.like_threshold)
+                                    params.textualize.like_threshold, self.catalogue.ratings)
         self.pad_id = int(built.backbone.tokenizer.pad_token_id)
 
     @classmethod

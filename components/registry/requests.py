@@ -79,6 +79,9 @@ class Catalogue:
     seen_cold: dict[int, np.ndarray]
     """Cold items each user interacted with before the test item (cold.parquet roles extra and valid)."""
     cold_items: np.ndarray
+    ratings: dict[int, dict[int, float]]
+    """user → item → the user's rating of it (train + valid; the later wins): what rating prompts write
+    next to a stored history's items. A request's own `history` of an unknown user has none."""
 
     @property
     def n_items(self) -> int:
@@ -91,8 +94,14 @@ class Catalogue:
         item_map = pd.read_parquet(id_map_path(canonical, "items")).sort_values("idx")
         user_map = pd.read_parquet(id_map_path(canonical, "users"))
         names, _, _, _ = item_tables(pd.read_parquet(table_path(canonical, "items")), registry.format)
-        sequence = pd.concat([pd.read_parquet(splits / f"{s}.parquet", columns=["user_idx", "item_idx", "order"])
+        sequence = pd.concat([pd.read_parquet(splits / f"{s}.parquet",
+                                              columns=["user_idx", "item_idx", "order", "rating"])
                               for s in ("train", "valid")]).sort_values(["user_idx", "order"], kind="stable")
+        ratings: dict[int, dict[int, float]] = {}
+        values = sequence["rating"].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        for user, item, value in zip(sequence["user_idx"].tolist(), sequence["item_idx"].tolist(), values.tolist()):
+            if value == value:
+                ratings.setdefault(int(user), {})[int(item)] = float(value)
         cold = pd.read_parquet(splits / "cold.parquet", columns=["user_idx", "item_idx", "role"])
         cold = cold[cold["role"].isin(["extra", "valid"])]
         texts = pd.read_parquet(params.resolve(params.paths.examples_dir) / "user_text.parquet")
@@ -105,7 +114,8 @@ class Catalogue:
             user_text={**{int(u): str(t) for u, t in zip(texts["user_idx"], texts["text"])}, ANONYMOUS: unnamed},
             history={int(u): g.to_numpy(dtype=np.int64) for u, g in sequence.groupby("user_idx")["item_idx"]},
             seen_cold={int(u): np.unique(g.to_numpy(dtype=np.int64)) for u, g in cold.groupby("user_idx")["item_idx"]},
-            cold_items=np.sort(pd.read_parquet(splits / "cold_items.parquet")["item_idx"].to_numpy(dtype=np.int64)))
+            cold_items=np.sort(pd.read_parquet(splits / "cold_items.parquet")["item_idx"].to_numpy(dtype=np.int64)),
+            ratings=ratings)
 
 
 def _text(value: object) -> str:

@@ -133,7 +133,8 @@ def textualize(params: Params, progress: bool = True) -> TextualizeReport:
     tables, frames = read_inputs(params)
     corpus = build_corpus(params, tables, frames, registry.format)
     cfg = TaskConfig.from_params(params)
-    ctx = make_context(registry, corpus.item_name, corpus.user_text, params.textualize.like_threshold)
+    ctx = make_context(registry, corpus.item_name, corpus.user_text, params.textualize.like_threshold,
+                       corpus.history_ratings())
     out = params.resolve(params.paths.examples_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_texts(out, corpus)

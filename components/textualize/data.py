@@ -66,6 +66,20 @@ class Corpus:
         """Allowed items among the first `length` train items (a saved `history_len` prefix)."""
         return self.train[user][:length][self.clean[user][:length]]
 
+    def history_ratings(self) -> dict[int, dict[int, float]]:
+        """user → item → rating over what a history can show (train, then the valid item: the later wins);
+        unrated interactions are left out."""
+        out: dict[int, dict[int, float]] = {}
+        for user, items in self.train.items():
+            known = out.setdefault(int(user), {})
+            for item, value in zip(items.tolist(), self.train_rating[user].tolist()):
+                if value == value:
+                    known[int(item)] = float(value)
+        for user, (item, value) in self.held["valid"].items():
+            if value == value:
+                out.setdefault(int(user), {})[int(item)] = float(value)
+        return out
+
     def eval_history(self, user: int, split: str) -> np.ndarray:
         """History at evaluation: train sequence (valid), plus the valid item for test."""
         seq = self.train.get(user, np.empty(0, dtype=np.int64))

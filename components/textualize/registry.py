@@ -46,6 +46,10 @@ class TaskFields:
 
 
 _HISTORY = frozenset({"history", "history_titles"})
+RATED_HISTORY = frozenset({"history_rated", "history_rated_titles"})
+"""History fields that also write the user's rating of each item (`format.rated_item`)."""
+HISTORY_FIELDS = _HISTORY | RATED_HISTORY
+"""Every field that writes the user's history."""
 _BASE = frozenset({"user"}) | _HISTORY
 TASK_FIELDS: dict[str, TaskFields] = {
     "next_item": TaskFields(_BASE, (_HISTORY,)),
@@ -57,8 +61,8 @@ TASK_FIELDS: dict[str, TaskFields] = {
                                    (frozenset({"candidates", "candidate_titles"}),)),
     "ctr": TaskFields(_BASE | {"target", "target_title"}, (frozenset({"target", "target_title"}),),
                       frozenset({"answer"}), "{answer}"),
-    "rating": TaskFields(_BASE | {"target", "target_title"}, (frozenset({"target", "target_title"}),),
-                         frozenset({"rating"}), "{rating}"),
+    "rating": TaskFields(_BASE | RATED_HISTORY | {"target", "target_title"},
+                         (frozenset({"target", "target_title"}),), frozenset({"rating"}), "{rating}"),
     "text": TaskFields(_BASE, (_HISTORY,), frozenset({"genres"})),
     "infill": TaskFields(frozenset({"user", "passage"}), (frozenset({"passage"}),), frozenset({"spans"}),
                          "{spans}"),
@@ -69,6 +73,7 @@ FORMAT_FIELDS: dict[str, frozenset[str]] = {
     "title_year": frozenset({"title", "year"}), "unnamed_item": frozenset({"raw_id"}),
     "unnamed_user": frozenset({"raw_id"}), "genre_sep": frozenset(), "item_text": frozenset({"name", "genres"}),
     "passage_item": frozenset({"name", "genres"}), "passage_sep": frozenset(), "mask": frozenset({"k"}),
+    "rated_item": frozenset({"item", "rating"}),
 }
 """Keys of the registry's `format:` section and the fields each may use."""
 
@@ -166,6 +171,8 @@ def _validate_template(entry: object, n: int) -> Template:
     for group in spec.requires:
         if not used & group:
             raise RegistryError(f"{where}: must use one of {sorted(group)}")
+    if len(used & HISTORY_FIELDS) > 1:  # the model reads the history as ONE run of item slots
+        raise RegistryError(f"{where}: uses {sorted(used & HISTORY_FIELDS)}; a template writes the history once")
     if task in SET_OUT_TASKS:
         if target is not None:
             raise RegistryError(f"{where}: set-out task '{task}' takes no target text (target: null)")

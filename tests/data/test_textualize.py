@@ -205,6 +205,11 @@ def test_eval_targets_histories_and_saved_lists(built):
         cands = _splits(params, f"candidates_{s}").set_index("user_idx")
         for row in _frame(params, "candidate_choice", s).itertuples():
             saved = cands.loc[row.user_idx]
+            # the history run, wherever the template writes it: the candidates are never part of it
+            history = list(row.items[row.history_start: row.history_start + row.n_history])
+            assert history == (seqs[row.user_idx] + ([valid[row.user_idx]] if s == "test" else []))[-cap:]
+            assert sorted(np.delete(row.items, np.s_[row.history_start: row.history_start + row.n_history])) == \
+                sorted(row.candidates)
             assert sorted(row.candidates) == sorted([saved["target"], *saved["negatives"]])
             assert list(row.target_items) == [saved["target"]]
         ctr = _frame(params, "ctr", s)

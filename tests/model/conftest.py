@@ -28,6 +28,7 @@ TINY_MODEL: dict[str, object] = {
     "train.num_threads": 1,
     "train.collab_warmup.steps": 3,
     "train.collab_warmup.batch_size": 8,
+    "model.history_encoder.width": 16,  # the attention history encoder at test size
     "train.select_best": False,  # tests that train keep the last step; test_training.py tests the selection
 }
 

@@ -32,7 +32,8 @@ IDS = torch.arange(3)
 
 def _user(head: SetQueryHead, hidden: torch.Tensor) -> torch.Tensor:
     """The head on `hidden`, with a random recent-history input when the head has a history path."""
-    return head(hidden, torch.randn_like(hidden) if head.history_mlp is not None else None)
+    reader = head.history_reader
+    return head(hidden, None if reader is None else torch.randn(*hidden.shape[:-1], reader.out_dim))
 
 
 def test_heads_shapes_and_normalisation() -> None:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from components.config import load_params
 from components.model.heads import ItemProjection, SetQueryHead
-from components.model.history import recent_item_mean
+from components.model.history import CausalHistoryEncoder, HistoryReader, recent_item_mean
 from tests.conftest import REPO
 
 MODEL = load_params(REPO / "params.yaml").model
@@ -55,7 +55,7 @@ def test_recent_item_mean_hand_computed_and_errors() -> None:
 
 
 def test_history_path_changes_the_user_vector_and_is_required() -> None:
-    head = SetQueryHead(16, 8, l2_normalize=True, history_path=True).eval()
+    head = SetQueryHead(16, 8, l2_normalize=True, history_reader=HistoryReader("mean", 16, 3)).eval()
     hidden = torch.randn(3, 16)
     a, b = head(hidden, torch.randn(3, 16)), head(hidden, torch.randn(3, 16))
     assert not torch.allclose(a, b)
@@ -81,3 +81,59 @@ def test_output_id_rows_start_at_zero_and_follow_the_id_mask() -> None:
     assert torch.allclose(moved[~use], base[~use])  # items without their ID keep the content-only vector
     off = ItemProjection.from_params(MODEL.model_copy(update={"output_id_embedding": False}), 16, n_items=5)
     assert off.output_ids is None
+
+
+def _encoder(layers: int = 2) -> "CausalHistoryEncoder":
+    torch.manual_seed(0)
+    return CausalHistoryEncoder(12, 8, layers, 2, 0.0, max_items=6).eval()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(0, 10_000))
+def test_causal_encoder_rows_are_causal_and_independent(lengths: list[int], seed: int) -> None:
+    """Output t of a row depends on items 0..t of that row only: not on later items, padding or other rows."""
+    gen = torch.Generator().manual_seed(seed)
+    enc, width = _encoder(), max(lengths)
+    table = torch.randn(len(lengths), width, 12, generator=gen)
+    counts = torch.tensor(lengths)
+    with torch.no_grad():
+        out = enc(table, counts)
+        for r, n in enumerate(lengths):
+            alone = enc(table[r: r + 1, :n], counts[r: r + 1])[0]
+            torch.testing.assert_close(out[r, :n], alone, rtol=1e-4, atol=1e-5)
+            t = int(torch.randint(0, n, (1,), generator=gen))
+            changed = table[r: r + 1, :n].clone()
+            changed[0, t + 1:] = torch.randn(n - t - 1, 12, generator=gen)
+            torch.testing.assert_close(enc(changed, counts[r: r + 1])[0, : t + 1], alone[: t + 1],
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_causal_encoder_reads_the_whole_prefix() -> None:
+    """Unlike the mean path's window, the last output sees the oldest item (one layer is enough)."""
+    enc = _encoder(layers=1)
+    table, counts = torch.randn(1, 9, 12), torch.tensor([9])
+    changed = table.clone()
+    changed[0, 0] = torch.randn(12)
+    with torch.no_grad():
+        a, b = enc(table, counts)[0], enc(changed, counts)[0]
+    assert not torch.allclose(a[8], b[8])
+
+
+def test_attention_reader_reads_the_last_item_before_each_position() -> None:
+    enc = _encoder()
+    reader = HistoryReader("attention", 12, 4, enc, 8)
+    assert reader.context == 6 and HistoryReader("mean", 12, 4).context == 4  # what a scorer feeds each
+    fused = torch.randn(5, 12)
+    rows, cols = torch.tensor([0, 0, 0, 2, 2]), torch.tensor([1, 3, 4, 0, 2])
+    read_rows, read_cols = torch.tensor([0, 0, 0, 1, 2, 2]), torch.tensor([0, 3, 9, 5, 1, 7])
+    with torch.no_grad():
+        got = reader(fused, rows, cols, 3, read_rows, read_cols)
+        row0 = enc(fused[:3].unsqueeze(0), torch.tensor([3]))[0]
+        row2 = enc(fused[3:].unsqueeze(0), torch.tensor([2]))[0]
+    torch.testing.assert_close(got[0], torch.zeros(8))  # no item at or before col 0 of row 0
+    torch.testing.assert_close(got[1], row0[1])  # cols 1, 3 → the second item
+    torch.testing.assert_close(got[2], row0[2])
+    torch.testing.assert_close(got[3], torch.zeros(8))  # row 1 has no items
+    torch.testing.assert_close(got[4], row2[0])
+    torch.testing.assert_close(got[5], row2[1])
+    assert reader.out_dim == 8

@@ -88,3 +88,30 @@ def test_collate_addresses_every_slot(tiny, rows) -> None:
         assert (batch.input_ids[rows_, batch.user_cols] == spec.user_id).all()
     assert (batch.attention_mask[batch.label_rows, batch.label_cols] == 1).all()
     assert batch.attention_mask.sum(1).tolist() == [len(e.input_ids) for e in examples]
+
+
+def test_history_slots_follow_history_start_through_the_left_cut(tiny) -> None:
+    """Only the history run is what the history path reads: candidates written before or after it, and the
+    asked-about item, are not history; a left cut keeps the flags of the kept slots."""
+    backbone, spec = tiny
+    cands = "".join(f"<item:{i}>" for i in (40, 41, 42))
+    after = _row("candidate_choice", f"Seen <item:1><item:2>. Pick among {cands}.", targets=[41], cands=[40, 41, 42])
+    ex = encode_example({**after, "history_start": 0, "n_history": 2}, backbone.tokenizer, spec)
+    assert ex.history_slots == [True, True, False, False, False]
+    before = _row("candidate_choice", f"Pick among {cands} for a user who saw <item:1><item:2>.", targets=[41],
+                  cands=[40, 41, 42])
+    ex = encode_example({**before, "history_start": 3, "n_history": 2}, backbone.tokenizer, spec)
+    assert ex.history_slots == [False, False, False, True, True]
+    ctr = encode_example({**_row("ctr", "Seen <item:1><item:2><item:3>. Click <item:9>?", targets=[9], text="yes"),
+                          "history_start": 0, "n_history": 3}, backbone.tokenizer, spec)
+    batch = collate([ctr], backbone.tokenizer.pad_token_id or 0)
+    assert batch.item_is_history.tolist() == [True, True, True, False]  # the asked-about item is not history
+    long = "Items: " + "".join(f"<item:{i}>" for i in range(120)) + " vs <item:500>."
+    cut = encode_example({**_row("ctr", long + " Click?", targets=[500], text="no"), "history_start": 0,
+                          "n_history": 120}, backbone.tokenizer, spec)
+    assert len(cut.item_ids) < 121 and cut.history_slots == [True] * (len(cut.item_ids) - 1) + [False]
+    with pytest.raises(ValueError, match="history_start 2 \\+ n_history 2 exceeds its 3"):
+        encode_example({**after, "prompt": "Seen <item:1><item:2><item:3>.", "history_start": 2, "n_history": 2},
+                       backbone.tokenizer, spec)
+    hand_built = encode_example(after, backbone.tokenizer, spec)  # no history_start column: all slots history
+    assert collate([hand_built], 0).item_is_history.all()

@@ -4,6 +4,7 @@ reads, that it starts as the pure LM verbaliser, that it learns, and that it sur
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from components.model.batching import collate
@@ -34,8 +35,9 @@ def test_answer_item_and_slot_follow_the_target_wherever_the_template_puts_it(mo
                 assert ex.answer_item not in ex.item_ids  # cut off by the left truncation
 
 
-def test_answer_scores_read_the_history_without_the_asked_item(model_params) -> None:
-    params = model_params()
+@pytest.mark.parametrize("kind", ["mean", "attention"])
+def test_answer_scores_read_the_history_without_the_asked_item(model_params, kind: str) -> None:
+    params = model_params({"model.history_encoder.kind": kind})
     built = build_model(params)
     model = built.model.eval()
     examples = _examples(built, params, "ctr")
@@ -45,10 +47,16 @@ def test_answer_scores_read_the_history_without_the_asked_item(model_params) -> 
         scores = model.answer_scores(batch, rows)
         items = model.item_vectors()
     for a, ex in enumerate(examples):
-        history_ids = [i for k, i in enumerate(ex.item_ids) if k != ex.answer_slot][-params.model.history_skip_items:]
-        fused = model.fusion(torch.tensor(history_ids), torch.zeros(len(history_ids), dtype=torch.bool))
+        history_ids = [i for k, i in enumerate(ex.item_ids) if k != ex.answer_slot]
+        n = len(history_ids)
         with torch.no_grad():
-            user = model.user_head.history_vectors(fused.float().mean(0, keepdim=True))[0]
+            fused = model.fusion(torch.tensor(history_ids), torch.zeros(n, dtype=torch.bool)).float()
+            if kind == "mean":  # by hand: the mean of the last history_skip_items other items
+                summary = fused[-params.model.history_skip_items:].mean(0, keepdim=True)
+            else:  # the reader over this row alone, read after its last item
+                summary = model.user_head.history_reader(fused, torch.zeros(n, dtype=torch.long), torch.arange(n), 1,
+                                                         torch.tensor([0]), torch.tensor([n]))
+            user = model.user_head.history_vectors(summary)[0]
         expected = float(user @ items[ex.answer_item])
         assert abs(float(scores[a]) - expected) < 1e-4, (a, float(scores[a]), expected)
 

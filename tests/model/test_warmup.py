@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,29 +45,41 @@ def _sequences(params) -> list[np.ndarray]:
     return user_sequences(frame)
 
 
+def _ratings(params) -> list[np.ndarray]:
+    """The training ratings aligned with `_sequences` (the default warm-up also fits the rating estimate)."""
+    frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                            columns=["user_idx", "order", "rating"])
+    return user_sequences(frame, "rating")
+
+
 def test_warmup_lowers_the_loss_trains_only_the_item_side_and_hands_over_exactly(model_params) -> None:
     params = model_params({"train.collab_warmup.steps": 40, "train.collab_warmup.batch_size": 16,
                            "train.collab_warmup.lr": 0.005, "train.collab_warmup.eval_every": 0})
     built = build_model(params)
     model = built.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=10)
+    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=10,
+                           ratings=_ratings(params))
     assert report.steps == 40 and len(report.curve) == 4 and report.targets > 40 * 16
     assert report.last_loss < report.first_loss - 0.05, report.curve
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert any(n.startswith("fusion.id_embedding") for n in changed)
     assert any(n.startswith("user_head.history_mlp") for n in changed)
     assert any(n.startswith("item_head.output_ids") for n in changed)
+    assert any(n.startswith("user_head.history_reader.encoder") for n in changed)  # the causal encoder
+    assert any(n.startswith("rating_estimator.") for n in changed)  # the rating estimate (rating_weight > 0)
     untouched = [n for n in changed if n.startswith(("llm.", "special_rows", "user_head.bias_scale"))]
     assert not untouched, untouched
     # the hidden-state path is silenced: the full head equals the history path alone, whatever the hidden state
     model.eval()
-    hidden, history = torch.randn(5, model.fusion.hidden_size), torch.randn(5, model.fusion.hidden_size)
+    hidden = torch.randn(5, model.fusion.hidden_size)
+    history = torch.randn(5, model.user_head.history_reader.out_dim)
     torch.testing.assert_close(model.user_head(hidden, history), model.user_head.history_vectors(history))
 
 
-def test_warmup_loss_matches_a_naive_full_softmax(model_params) -> None:
-    params = model_params()
+@pytest.mark.parametrize("kind", ["mean", "attention"])
+def test_warmup_loss_matches_a_naive_full_softmax(model_params, kind: str) -> None:
+    params = model_params({"model.history_encoder.kind": kind})
     model = build_model(params).model.eval()
     inputs = torch.tensor([[3, 4, 5, -1], [7, 8, -1, -1]])
     targets = torch.tensor([[4, 5, 6, -1], [8, 9, -1, -1]])
@@ -76,8 +89,12 @@ def test_warmup_loss_matches_a_naive_full_softmax(model_params) -> None:
         items = model.item_vectors()
         nll = []
         for r, c in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
-            window = inputs[r, max(0, c - model.history_window + 1): c + 1]
-            hist = model.fusion(window).float().mean(0)
+            if kind == "mean":  # by hand: the mean of the last history_window items up to position c
+                window = inputs[r, max(0, c - model.history_window + 1): c + 1]
+                hist = model.fusion(window).float().mean(0)
+            else:  # the encoder over the prefix 0..c of this row alone, read at c
+                prefix = model.fusion(inputs[r, : c + 1]).float()
+                hist = model.user_head.history_reader.encoder(prefix.unsqueeze(0), torch.tensor([c + 1]))[0, c]
             user = model.user_head.history_vectors(hist)
             logits = items @ user / model.temperature
             nll.append(-torch.log_softmax(logits, 0)[targets[r, c]])
@@ -104,10 +121,14 @@ def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, t
     # the same build and warm-up by hand (train seeds both with seed + seed_offset)
     built = build_model(params)
     collab_warmup(built.model, _sequences(params), params.train.collab_warmup, params.seed + params.train.seed_offset,
-                  valid=next_item_task(load_split_data(params), "valid"))
+                  valid=next_item_task(load_split_data(params), "valid"), ratings=_ratings(params))
     warmed = {n: p for n, p in built.model.named_parameters()
-              if n.startswith(("fusion.", "item_head.", "user_head.history_mlp."))}
-    assert warmed
+              if n.startswith(("fusion.", "item_head.", "user_head.history_mlp.", "user_head.history_reader.",
+                               "rating_estimator."))}
+    # ... and the running statistics in front of them (frozen too: `freeze_warmed_statistics`)
+    warmed |= {n: b for n, b in built.model.named_buffers()
+               if n.startswith(("user_head.history_standardise.", "item_head.standardise."))}
+    assert warmed and "user_head.history_standardise.mean" in warmed
     for name, value in warmed.items():
         torch.testing.assert_close(trained[name], value.detach(), rtol=0, atol=0, msg=name)
     # what LoRA training does train still moves: the hidden-state path starts at zero and leaves it
@@ -121,7 +142,8 @@ def test_warmup_early_stopping_keeps_the_best_validation_state(model_params) -> 
                            "train.collab_warmup.patience": 2})
     model = build_model(params).model
     valid = next_item_task(load_split_data(params), "valid")
-    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=3, valid=valid)
+    report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=3, valid=valid,
+                           ratings=_ratings(params))
     steps = [s for s, _ in report.valid_curve]
     values = [v for _, v in report.valid_curve]
     assert steps == list(range(3, report.steps + 1, 3)) and report.steps <= 24

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 
@@ -88,6 +90,8 @@ def _set(index: int, key: str, value):
                                        and t["id"] != "ctr/unseen-2"]), "has no unseen template"),
     (lambda raw: raw["phrases"]["objectives"].pop("like"), "phrases.objectives"),
     (lambda raw: raw["format"].pop("mask"), "format"),
+    (_set(0, "template", "Seen {history}, titled {history_titles}."), "writes the history once"),
+    (_set(0, "template", "Seen {history_rated}."), "not provided"),  # ratings are written by rating prompts only
 ])
 def test_invalid_registries_are_rejected_with_the_entry_named(tmp_path, mutate, message):
     with pytest.raises(RegistryError, match=message):
@@ -110,11 +114,37 @@ def test_render_uses_placeholders_titles_and_collects_items(registry):
     assert "<item:2> item 77; <item:0> Toy Story (1995)" in row["prompt"]
     assert "<item:1> GoldenEye (1995)" in row["prompt"]
     assert row["items"] == [2, 0, 1] and row["target_text"] == "yes" and row["template_kind"] == "seen"
-    plain = render(inst, registry.by_id("ctr/seen-1"), "ctr", "valid", ctx)
+    plain = render(Instance(user=5, history=[2, 0], target=1, target_items=(1,), label=1, answers={"answer": "yes"}),
+                   registry.by_id("ctr/seen-1"), "ctr", "valid", ctx)
     assert "<item:2><item:0>" in plain["prompt"] and "Toy Story" not in plain["prompt"]
     obj = Instance(user=5, history=[0], target_items=(1,), objective="like")
     assert "rate 4 or higher" in render(obj, registry.by_id("multi_objective/seen-2"), "multi_objective", "test",
                                         ctx)["prompt"]
+
+
+def test_rated_history_and_the_history_run(registry):
+    """Rating prompts write each history item's rating (nan: plain); `history_start` / `n_history` locate the
+    history run among the placeholders wherever the template writes it, and a template without a history
+    shows none."""
+    ctx = make_context(registry, ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"], {}, 4.0,
+                       ratings={5: {2: 4.0, 0: 1.0}})
+    inst = Instance(user=5, history=[2, 0, 1], target=1, target_items=(1,), rating=3.0, answers={"rating": "3"})
+    titled = render(inst, registry.by_id("rating/seen-2"), "rating", "valid", ctx)
+    assert "<item:2> Heat (1995) rated 4; <item:0> Toy Story (1995) rated 1; <item:1> GoldenEye (1995)." in \
+        titled["prompt"]  # item 1 has no known rating: written plain
+    assert titled["history_ratings"][:2] == [4.0, 1.0] and math.isnan(titled["history_ratings"][2])
+    assert (titled["history_start"], titled["n_history"]) == (0, 3) and titled["items"] == [2, 0, 1, 1]
+    first = render(inst, registry.by_id("rating/seen-3"), "rating", "valid", ctx)  # target written first
+    assert (first["history_start"], first["n_history"]) == (1, 3) and first["items"] == [1, 2, 0, 1]
+    plain = render(Instance(user=5, history=[2, 0], target=1, target_items=(1,), label=1, answers={"answer": "yes"}),
+                   registry.by_id("ctr/seen-1"), "ctr", "valid", ctx)
+    assert plain["history_ratings"] == [] and " rated " not in plain["prompt"]
+    cands = Instance(user=5, history=[2], target_items=(1,), candidates=(0, 1))
+    after = render(cands, registry.by_id("candidate_choice/seen-3"), "candidate_choice", "valid", ctx)
+    assert after["items"] == [0, 1, 2] and (after["history_start"], after["n_history"]) == (2, 1)
+    no_history = render(Instance(user=5, history=[2, 0], target_items=(1,), query="Heat"),
+                        registry.by_id("query/seen-4"), "query", "valid", ctx)
+    assert (no_history["history_start"], no_history["n_history"], no_history["items"]) == (0, 0, [])
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10**9), max_size=30))
