@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from components.hardware import resolve_autocast, resolve_precision
 
 TASKS: tuple[str, ...] = (
     "next_item",
@@ -255,8 +257,10 @@ class EmbedItemsParams(_Strict):
     max_tokens: int = Field(ge=4)
     out_dir: str
     extra_modalities: dict[str, str] = {}
-    autocast_bf16: bool = True
+    autocast_bf16: bool | Literal["auto"] = "auto"
     collab: CollabParams = CollabParams()
+
+    _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
 
     @model_validator(mode="after")
     def _encoder_dir_needed(self) -> "EmbedItemsParams":
@@ -357,7 +361,7 @@ class TrainParams(_Strict):
     accelerator: str
     devices: int = Field(ge=1)
     strategy: str
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
     num_threads: int = Field(ge=0)
     val_examples_per_task: int = Field(ge=0)
     val_check_interval: int = Field(ge=1)
@@ -388,6 +392,12 @@ class TrainParams(_Strict):
             raise ValueError("train.select_best needs the retrieval curve: set train.curve_every_n_steps > 0 "
                              "and train.curve_templates")
         return self
+
+    @field_validator("precision", mode="after")
+    @classmethod
+    def _resolve_precision(cls, v: str, info: ValidationInfo) -> str:
+        # `auto`: bf16-mixed only where bf16 is native (components/hardware.py); resolved once, here
+        return resolve_precision(v, str(info.data.get("accelerator", "cpu")))
 
 
 class MlflowParams(_Strict):
@@ -472,9 +482,11 @@ class EvaluateParams(_Strict):
     ks: list[int] = Field(min_length=1)
     top_k: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)
-    autocast_bf16: bool
+    autocast_bf16: bool | Literal["auto"]
     num_threads: int = Field(ge=0)
     seed_offset: int
+
+    _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
     metrics_file: str
     report_file: str
     plots_dir: str
@@ -513,8 +525,10 @@ class ServingParams(_Strict):
     max_items: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)
-    autocast_bf16: bool
+    autocast_bf16: bool | Literal["auto"]
     num_threads: int = Field(ge=0)
+
+    _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
 
     @model_validator(mode="after")
     def _defaults(self) -> "ServingParams":
