@@ -345,9 +345,32 @@ class CollabWarmupParams(_Strict):
     rating_weight: float = Field(default=0.0, ge=0.0)
 
 
+class HiddenGateParams(_Strict):
+    grid: list[float] = []
+    users: int = Field(default=100, ge=1)
+    tasks: list[str] = ["next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice"]
+
+    @field_validator("grid")
+    @classmethod
+    def _unit_interval(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= g <= 1.0 for g in v) or len(set(v)) != len(v):
+            raise ValueError(f"gates must be distinct values in [0, 1], got {v}")
+        return sorted(v)
+
+    @field_validator("tasks")
+    @classmethod
+    def _set_out_tasks(cls, v: list[str]) -> list[str]:
+        allowed = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")
+        unknown = [t for t in v if t not in allowed]
+        if unknown:
+            raise ValueError(f"{unknown}: only set-out tasks have a hidden-state gate ({list(allowed)})")
+        return v
+
+
 class TrainParams(_Strict):
     task_weights: dict[str, float]
     collab_warmup: CollabWarmupParams = CollabWarmupParams()
+    hidden_gate: HiddenGateParams = HiddenGateParams()
     batch_size: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)
@@ -601,6 +624,13 @@ class Params(_Strict):
     """Folder holding params.yaml; every relative path in the file is relative to it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _gate_needs_history_path(self) -> "Params":
+        if self.train.hidden_gate.grid and self.model.history_skip_items < 1:
+            raise ValueError("train.hidden_gate needs the history path (model.history_skip_items > 0): with gate 0 "
+                             "the user vector would have nothing left; set train.hidden_gate.grid: []")
+        return self
 
     def tracking_uri(self) -> str:
         """`mlflow.tracking_uri` with a relative sqlite path anchored at `root` (absolute URIs unchanged)."""

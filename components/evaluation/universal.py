@@ -35,6 +35,8 @@ from components.model.universal import UniversalRecModel
 from components.model.verbalizer import ctr_probability, rating_expectation
 
 KEEP = ("template_id", "template_kind", "user_idx")
+SET_OUT_TASKS = (*SET_OUT_RANKING, "candidate_choice")
+"""Tasks answered by the user vectors of the `[UM]` slots."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def _hidden(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
+def decoder_states(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
     """Decoder states `(B, T, H)` (under bf16 autocast when enabled), returned as float32: the heads,
     verbaliser logits and scores that follow run in float32, outside autocast."""
     with _autocast(cfg.autocast_bf16):
@@ -66,30 +68,17 @@ def _hidden(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> tor
 
 
 def _users(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
-    return model.user_vectors(_hidden(model, batch, cfg), batch).float()  # (S, M, D)
+    return model.user_vectors(decoder_states(model, batch, cfg), batch).float()  # (S, M, D)
 
 
 def _batch_outputs(model: UniversalRecModel, task: str, batch: Batch, rows: list[dict], data: EvalData,
                    item_vecs: torch.Tensor, cfg: InferenceConfig, tokenizer: PreTrainedTokenizerBase,
                    spec: PromptSpec) -> list[dict]:
     """Per-row outputs of one single-task batch (rows in batch order)."""
-    if task in SET_OUT_RANKING:
-        users = _users(model, batch, cfg)
-        scores = torch.einsum("smd,nd->smn", users, item_vecs).amax(1).numpy()  # (S, N)
-        targets = [first_target(r["target_items"]) for r in rows]
-        excludes = [data.exclude(task, int(r["user_idx"])) for r in rows]
-        ranks, top = rank_rows(scores, targets, excludes, cfg.top_k, data.allowed(task))
-        return [{"rank": int(k), "top": t, "objective": r.get("objective")} for k, t, r in zip(ranks, top, rows)]
-    if task == "candidate_choice":
-        cand = score_candidate_lists(_users(model, batch, cfg), item_vecs, batch.candidates).numpy()
-        out = []
-        for r, s in zip(rows, cand):
-            listed = [int(i) for i in r["candidates"]]
-            out.append({"cand_scores": s[:len(listed)].astype(np.float64),
-                        "positive_col": listed.index(first_target(r["target_items"]))})
-        return out
+    if task in SET_OUT_TASKS:
+        return set_out_outputs(task, _users(model, batch, cfg), batch, rows, data, item_vecs, cfg.top_k)
     if task in ("ctr", "rating"):
-        hidden = _hidden(model, batch, cfg)
+        hidden = decoder_states(model, batch, cfg)
         logits = model.answer_logits(hidden, batch, task, torch.arange(batch.answer_rows.numel())).float()
         if task == "ctr":
             p = ctr_probability(logits).double().numpy()
@@ -101,6 +90,28 @@ def _batch_outputs(model: UniversalRecModel, task: str, batch: Batch, rows: list
         return [{"generated": tokenizer.decode(i, skip_special_tokens=True).strip(),
                  "target_text": str(r["target_text"])} for i, r in zip(ids, rows)]
     raise ValueError(f"unknown task {task!r}")
+
+
+def set_out_outputs(task: str, users: torch.Tensor, batch: Batch, rows: list[dict], data: EvalData,
+                    item_vecs: torch.Tensor, top_k: int) -> list[dict]:
+    """Per-row outputs of a set-out batch from its user vectors `users` `(S, M, D)` float32: the target's
+    rank and the top-k of the full ranking (SET_OUT_RANKING tasks), or the scores of the saved list
+    (candidate_choice)."""
+    if task in SET_OUT_RANKING:
+        scores = torch.einsum("smd,nd->smn", users, item_vecs).amax(1).numpy()  # (S, N)
+        targets = [first_target(r["target_items"]) for r in rows]
+        excludes = [data.exclude(task, int(r["user_idx"])) for r in rows]
+        ranks, top = rank_rows(scores, targets, excludes, top_k, data.allowed(task))
+        return [{"rank": int(k), "top": t, "objective": r.get("objective")} for k, t, r in zip(ranks, top, rows)]
+    if task != "candidate_choice":
+        raise ValueError(f"{task!r} is not a set-out task ({list(SET_OUT_TASKS)})")
+    cand = score_candidate_lists(users, item_vecs, batch.candidates).numpy()
+    out = []
+    for r, s in zip(rows, cand):
+        listed = [int(i) for i in r["candidates"]]
+        out.append({"cand_scores": s[:len(listed)].astype(np.float64),
+                    "positive_col": listed.index(first_target(r["target_items"]))})
+    return out
 
 
 def generate_batch(model: UniversalRecModel, batch: Batch, max_new_tokens: int, eos_id: int) -> list[list[int]]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.config import ModelParams
+from components.config import TASKS, ModelParams
 from components.model.history import CausalHistoryEncoder, HistoryReader
 
 
@@ -72,16 +72,18 @@ class _Projection(nn.Module):
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, retrieval_dim)
         )
 
-    def _last_column(self, standardised: Tensor) -> Tensor:
+    def _last_column(self, standardised: Tensor, scale: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, hidden: Tensor, offset: Tensor | None = None) -> Tensor:
-        """`(..., H)` → `(..., D [+ 1])`; `offset` `(..., D)` is added before the L2 normalisation."""
+    def forward(self, hidden: Tensor, offset: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        """`(..., H)` → `(..., D [+ 1])`; `offset` `(..., D)` is added before the L2 normalisation, after the
+        MLP's output was multiplied by `scale` `(..., 1)` (None = 1)."""
         x = self.standardise(hidden)
         out = self.mlp(x)
+        out = out if scale is None else out * scale.to(out.dtype)
         out = out if offset is None else out + offset.to(out.dtype)
         out = F.normalize(out, dim=-1) if self.l2_normalize else out
-        return torch.cat([out, self._last_column(x).to(out.dtype)], dim=-1) if self.bias_column else out
+        return torch.cat([out, self._last_column(x, scale).to(out.dtype)], dim=-1) if self.bias_column else out
 
 
 class SetQueryHead(_Projection):
@@ -109,19 +111,28 @@ class SetQueryHead(_Projection):
         self.history_standardise = RunningStandardise(width, momentum) if history_reader is not None else None
         self.history_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(),
                                          nn.Linear(width, retrieval_dim)) if history_reader is not None else None
+        # (len(TASKS),) the hidden-state gate per task, in TASKS order: 1 = the trained head; chosen on
+        # validation after training (`train.hidden_gate`, components/evaluation/gate.py) and saved with it
+        self.register_buffer("task_gate", torch.ones(len(TASKS)))
 
-    def _last_column(self, standardised: Tensor) -> Tensor:
+    def _last_column(self, standardised: Tensor, scale: Tensor | None = None) -> Tensor:
         # (..., 1) multiplies the item bias: 1 + a learned function of the prompt (zero-initialised), so a
         # task (long-tail, cold-start) can turn the shared popularity bias down instead of fighting it
-        return 1.0 + self.bias_scale(standardised) if self.bias_scale is not None else \
-            standardised.new_ones((*standardised.shape[:-1], 1))
+        if self.bias_scale is None:
+            return standardised.new_ones((*standardised.shape[:-1], 1))
+        prompt = self.bias_scale(standardised)
+        return 1.0 + (prompt if scale is None else prompt * scale.to(prompt.dtype))
 
-    def forward(self, hidden: Tensor, history: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        """hidden `(..., H)`, history `(..., H)` or None → `(..., D [+ 1])`."""
+    def forward(self, hidden: Tensor, history: Tensor | None = None,  # type: ignore[override]
+                gate: Tensor | None = None) -> Tensor:
+        """hidden `(..., H)`, history `(..., E)` or None, gate `(..., 1)` or None → `(..., D [+ 1])`.
+
+        `gate` scales everything the hidden state contributes (its MLP output and its bias factor term):
+        0 gives `history_vectors(history)`, 1 (or None) the trained head."""
         if (history is None) != (self.history_mlp is None):
             raise ValueError("SetQueryHead: pass `history` exactly when the head has a history path")
         offset = None if history is None else self.history_mlp(self.history_standardise(history))
-        return super().forward(hidden, offset)
+        return super().forward(hidden, offset, gate)
 
     def history_vectors(self, history: Tensor) -> Tensor:
         """History path alone, `(..., H)` → `(..., D [+ 1])`: the user vector when the hidden-state MLP
@@ -131,6 +142,21 @@ class SetQueryHead(_Projection):
         out = self.history_mlp(self.history_standardise(history))
         out = F.normalize(out, dim=-1) if self.l2_normalize else out
         return torch.cat([out, out.new_ones((*out.shape[:-1], 1))], dim=-1) if self.bias_column else out
+
+    def gates_for(self, tasks: list[str]) -> Tensor | None:
+        """`(S, 1, 1)` gate of each row's task (`tasks`, one name per set-out row), or None when every gate
+        is 1 (the trained head, computed exactly as without gates)."""
+        gates = self.task_gate[[TASKS.index(t) for t in tasks]] if tasks else self.task_gate[:0]
+        return None if bool((gates == 1.0).all()) else gates.view(-1, 1, 1)
+
+    def set_task_gates(self, gates: dict[str, float]) -> None:
+        """Set the gate of the named tasks (the others keep theirs)."""
+        for task, value in gates.items():
+            if task not in TASKS:
+                raise ValueError(f"task_gate: unknown task {task!r} (tasks: {list(TASKS)})")
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"task_gate: {task} gate {value} is not in [0, 1]")
+            self.task_gate[TASKS.index(task)] = float(value)
 
     def silence_hidden_path(self) -> None:
         """Zero the hidden-state MLP's output layer (its first layer still learns from the next step on), so a
@@ -173,7 +199,7 @@ class ItemProjection(_Projection):
         if self.output_ids is not None:
             nn.init.zeros_(self.output_ids.weight)
 
-    def _last_column(self, standardised: Tensor) -> Tensor:
+    def _last_column(self, standardised: Tensor, scale: Tensor | None = None) -> Tensor:
         return self.bias(standardised)  # (..., 1) content-based item bias (cold items get one too)
 
     def forward(self, hidden: Tensor, item_ids: Tensor | None = None,  # type: ignore[override]

@@ -138,12 +138,21 @@ class UniversalRecModel(nn.Module):
         rows = batch.user_rows.unsqueeze(1).expand_as(batch.user_cols)
         return hidden[rows, batch.user_cols]
 
-    def user_vectors(self, hidden: Tensor, batch: Batch, fused: Tensor | None = None) -> Tensor:
-        """`(S, M, D)` user vectors of the set-out rows from their `[UM]` hidden states (+ recent history)."""
+    def user_vectors(self, hidden: Tensor, batch: Batch, fused: Tensor | None = None,
+                     gate: float | None = None) -> Tensor:
+        """`(S, M, D)` user vectors of the set-out rows from their `[UM]` hidden states (+ recent history).
+
+        The hidden-state part is scaled by the row task's `user_head.task_gate` (1 unless set after
+        training), or by `gate` for every row when given (the validation sweep that chooses the gates)."""
         states = self.user_token_states(hidden, batch)  # (S, M, H)
         history = self.recent_history(batch, fused, batch.user_rows, batch.user_cols[:, 0]) \
             if batch.user_cols.numel() else None
-        return self.user_head(states, None if history is None else history.unsqueeze(1).expand(-1, states.shape[1], -1))
+        if gate is not None:
+            scale = states.new_full((states.shape[0], 1, 1), float(gate))
+        else:
+            scale = self.user_head.gates_for([batch.tasks[int(batch.task_ids[int(r)])] for r in batch.user_rows])
+        return self.user_head(states, None if history is None else history.unsqueeze(1).expand(-1, states.shape[1], -1),
+                              scale)
 
     def verbaliser(self, task: str) -> Tensor:
         return getattr(self, f"verbaliser_{task}")

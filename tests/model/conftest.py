@@ -30,6 +30,7 @@ TINY_MODEL: dict[str, object] = {
     "train.collab_warmup.batch_size": 8,
     "model.history_encoder.width": 16,  # the attention history encoder at test size
     "train.select_best": False,  # tests that train keep the last step; test_training.py tests the selection
+    "train.hidden_gate.users": 3,  # the validation sweep at test size (test_hidden_gate.py checks it)
 }
 
 
