@@ -345,10 +345,14 @@ class CollabWarmupParams(_Strict):
     rating_weight: float = Field(default=0.0, ge=0.0)
 
 
+GATED_TASKS: tuple[str, ...] = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")
+"""The set-out tasks (answered by the `[UM]` user vectors), the ones a hidden-state gate applies to."""
+
+
 class HiddenGateParams(_Strict):
     grid: list[float] = []
     users: int = Field(default=100, ge=1)
-    tasks: list[str] = ["next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice"]
+    tasks: list[str] = list(GATED_TASKS)
 
     @field_validator("grid")
     @classmethod
@@ -360,10 +364,9 @@ class HiddenGateParams(_Strict):
     @field_validator("tasks")
     @classmethod
     def _set_out_tasks(cls, v: list[str]) -> list[str]:
-        allowed = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")
-        unknown = [t for t in v if t not in allowed]
+        unknown = [t for t in v if t not in GATED_TASKS]
         if unknown:
-            raise ValueError(f"{unknown}: only set-out tasks have a hidden-state gate ({list(allowed)})")
+            raise ValueError(f"{unknown}: only set-out tasks have a hidden-state gate ({list(GATED_TASKS)})")
         return v
 
 
