@@ -15,6 +15,8 @@ Seen items (the user's train + valid interactions) are excluded on BOTH sides: t
 ``exclude`` list, the beam search by pruning the trie per user (per-node live counts; a title whose
 items are all seen is unreachable), which costs O(seen items × title tokens) per user and is timed.
 Latency per user covers prompt encoding → K item ids; the index and the trie are built once, untimed.
+The two sides are timed interleaved (user 1 set-out, user 1 beam, user 2 set-out, ...), so the speed-up is a
+paired ratio that a drifting shared CPU does not bias.
 The model is trained on set-out targets only for next_item prompts; generating titles after `[LM]` was
 never trained for them, so the beam side's HR reflects the LM's prior, not a tuned generator.
 Writes ``<paths.metrics_dir>/bench_retrieval.json``.
@@ -186,17 +188,22 @@ def beam_search_items(model: UniversalRecModel, batch: Batch, trie: TitleTrie, k
     return items[:k], sum(bool(ids) for ids in found)
 
 
-def _timed(rows: list[dict], fn: Callable[[dict], list[int]], warmup: int,
-           desc: str) -> tuple[list[list[int]], list[float]]:
-    """Run `fn` on rows[:warmup] untimed, then on every row timed → (item lists, seconds per row)."""
+def _timed_pairs(rows: list[dict], sides: Sequence[Callable[[dict], list[int]]], warmup: int,
+                 desc: str) -> list[tuple[list[list[int]], list[float]]]:
+    """Run every side on rows[:warmup] untimed, then on each row every side in turn, timed → per side
+    (item lists, seconds per row). Interleaved per user, so both sides of a row run under the same machine
+    state: a shared CPU's speed drifts by ~20 % over minutes (measured), which would bias a ratio of two
+    sides timed minutes apart."""
     for row in rows[:warmup]:
-        fn(row)
-    results, seconds = [], []
+        for fn in sides:
+            fn(row)
+    out: list[tuple[list[list[int]], list[float]]] = [([], []) for _ in sides]
     for row in tqdm(rows, desc=desc, leave=False, disable=None):
-        start = time.perf_counter()
-        results.append(fn(row))
-        seconds.append(time.perf_counter() - start)
-    return results, seconds
+        for fn, (results, seconds) in zip(sides, out):
+            start = time.perf_counter()
+            results.append(fn(row))
+            seconds.append(time.perf_counter() - start)
+    return out
 
 
 def _side(results: list[list[int]], seconds: list[float], targets: list[int], k: int) -> dict:
@@ -247,8 +254,8 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
         return items
 
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        set_results, set_seconds = _timed(rows, set_out, cfg.retrieval_warmup, "set-out")
-        beam_results, beam_seconds = _timed(rows, beam, cfg.retrieval_warmup, "beam")
+        (set_results, set_seconds), (beam_results, beam_seconds) = _timed_pairs(
+            rows, (set_out, beam), cfg.retrieval_warmup, "set-out + beam")
     result = RetrievalBenchmark({
         "users": len(rows), "k": k, "template": cfg.retrieval_template, "warmup": cfg.retrieval_warmup,
         "threads": torch.get_num_threads(), "precision": params.train.precision,
@@ -261,6 +268,7 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
                  "titles_longer_than_max_new_tokens": sum(n > cfg.retrieval_max_new_tokens for n in lengths),
                  "trie_build_s": trie_build_s,
                  "complete_sequence_fraction": sum(complete.values()) / (len(complete) * k)},
+        "timing": "interleaved: each user's set-out then beam, back to back (warm-up users untimed)",
         "seen_items": "excluded on both sides (train + valid items of the user): set-out via the index "
                       "exclude list, beam by pruning the title trie per user (timed)",
         "sample": {"user_idx": int(rows[0]["user_idx"]), "target": names[targets[0]],
