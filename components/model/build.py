@@ -95,7 +95,7 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         llm=llm,
         fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
                                       output_rms=token_embedding_rms(backbone.model)),
-        user_head=SetQueryHead.from_params(params.model, h),
+        user_head=SetQueryHead.from_params(params.model, h, n_items),
         item_head=ItemProjection.from_params(params.model, h, n_items),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
         num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,

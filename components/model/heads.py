@@ -166,14 +166,17 @@ class SetQueryHead(_Projection):
             self.mlp[-1].bias.zero_()
 
     @classmethod
-    def from_params(cls, model: ModelParams, hidden_size: int) -> "SetQueryHead":
+    def from_params(cls, model: ModelParams, hidden_size: int, n_items: int = 0) -> "SetQueryHead":
         """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items,
-        history_encoder) and the width H."""
+        history_encoder), the width H and the catalogue size N (the encoder's ID table, `history_encoder.id_table`)."""
         reader = None
         if model.history_skip_items > 0:
             enc = model.history_encoder
+            if enc.id_table and n_items < 1:
+                raise ValueError("model.history_encoder.id_table needs the catalogue size (n_items)")
             encoder = CausalHistoryEncoder(hidden_size, enc.width, enc.layers, enc.heads, enc.dropout,
-                                           enc.max_items) if enc.kind == "attention" else None
+                                           enc.max_items, n_items if enc.id_table else 0) \
+                if enc.kind == "attention" else None
             reader = HistoryReader(enc.kind, hidden_size, model.history_skip_items, encoder, enc.width)
         return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias, reader,
                    model.standardise_momentum)

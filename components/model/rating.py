@@ -23,11 +23,16 @@ rating verbaliser then reads `r̂ − μ` through `VerbaliserPrior` (components/
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.model.history import item_table
+
+if TYPE_CHECKING:  # universal.py imports this module
+    from components.model.universal import UniversalRecModel
 
 
 class RatingEstimator(nn.Module):
@@ -96,3 +101,33 @@ class RatingEstimator(nn.Module):
         present = torch.arange(width, device=table.device).unsqueeze(0) < counts.unsqueeze(1)  # (B, W)
         upto = (table_cols[read_rows] <= read_cols.unsqueeze(1)).sum(1)  # (R,) rated slots before the read
         return self.forward(target_bias, table[read_rows, :, 0], present[read_rows], upto, affinity)
+
+
+def rating_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor, fused_all: torch.Tensor,
+                use_id: torch.Tensor, ratings: tuple[torch.Tensor, torch.Tensor], affinity: torch.Tensor) -> torch.Tensor:
+    """Squared error of r̂ (`RatingEstimator`) for every rated target of the windows, given the rated inputs at
+    or before its position, + the cross-entropy of the rating verbaliser's prior alone (LM logits left out) on
+    the same targets, so LoRA training starts from a calibrated prior. fused_all `(N, H)` and use_id `(N,)`:
+    the step's catalogue pass; affinity `(P,)`."""
+    estimator, prior = model.rating_estimator, model.verbaliser_prior
+    if estimator is None:
+        raise ValueError("train.collab_warmup.rating_weight > 0 needs model.rating_prior_window > 0")
+    valid = inputs >= 0
+    in_ratings, out_ratings = ratings
+    bias = estimator.item_bias(fused_all, torch.arange(model.n_items, device=inputs.device), use_id)  # (N,)
+    residual = torch.zeros(inputs.shape, device=inputs.device)
+    residual[valid] = in_ratings[valid].float() - estimator.mean - bias[inputs[valid]]
+    rated_in = valid & ~torch.isnan(in_ratings)
+    offsets = estimator.user_offsets(torch.where(rated_in, residual, 0.0), rated_in)[valid]  # (P,)
+    estimate = estimator.mean + bias[targets[valid]] + offsets + estimator.affinity * affinity
+    truth = out_ratings[valid].float()
+    rated = ~torch.isnan(truth)
+    if not rated.any():
+        return estimate.sum() * 0.0
+    loss = F.mse_loss(estimate[rated], truth[rated])
+    if prior is not None and "rating" in prior.scale:
+        k = prior.scale["rating"].numel()
+        answer = (torch.floor(truth[rated] + 0.5).long() - 1).clamp(0, k - 1)  # the verbaliser word index
+        logits = prior("rating", (estimate[rated] - estimator.mean).detach())
+        loss = loss + F.cross_entropy(logits, answer)
+    return loss

@@ -129,8 +129,12 @@ class UniversalRecModel(nn.Module):
             fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
                 self.special_rows.new_zeros((0, self.fusion.hidden_size))
         keep = batch.item_is_history
+        ids = None
+        if reader.reads_ids:  # the encoder's own ID rows: items with a trained ID that do not enter content-only
+            ids = batch.item_ids[keep]
+            ids = torch.where(self.fusion.id_known[ids] & ~batch.item_drop_id[keep], ids, -1)
         return reader(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep], int(batch.input_ids.shape[0]),
-                      rows, cols)
+                      rows, cols, ids)
 
     @staticmethod
     def user_token_states(hidden: Tensor, batch: Batch) -> Tensor:

@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from components.baselines.common import NextItemTask, evaluate_scorer
 from components.config import CollabWarmupParams
 from components.model.losses import sampled_softmax_loss
+from components.model.rating import rating_loss
 from components.model.universal import UniversalRecModel
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,19 @@ class HistoryPathScorer:
         rows = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
         cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
         last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
-        history = model.user_head.history_reader(fused, rows, cols, len(recent), torch.arange(len(recent)), last)
+        history = model.user_head.history_reader(fused, rows, cols, len(recent), torch.arange(len(recent)), last,
+                                                 _known_ids(model, ids))
         users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
         scores = users @ model.item_vectors().float().T  # (U, N)
         model.train(was_training)
         return scores.numpy()
+
+
+def _known_ids(model: UniversalRecModel, ids: torch.Tensor) -> torch.Tensor | None:
+    """`ids` `(P,)` with -1 where the item has no trained ID, for a history reader with its own ID table; else None."""
+    if not model.user_head.history_reader.reads_ids:
+        return None
+    return torch.where(model.fusion.id_known[ids], ids, -1)
 
 
 def _window_spans(lengths: np.ndarray, batch_size: int, max_len: int,
@@ -161,7 +169,8 @@ def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.T
     # ~N instead of N + B·L fused vectors a step
     fused_all, item_vecs, use_id = model.catalogue()  # (N, H), (N, D [+1]), (N,)
     fused = fused_all[inputs[valid]]  # (P, H)
-    history = model.user_head.history_reader(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols)
+    history = model.user_head.history_reader(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols,
+                                             _known_ids(model, inputs[valid]))
     users = model.user_head.history_vectors(history).unsqueeze(1)  # (P, 1, D [+1])
     ids = torch.arange(model.n_items, device=inputs.device)
     log_q = torch.zeros(model.n_items, device=inputs.device)
@@ -174,36 +183,6 @@ def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.T
         affinity = (users.squeeze(1) * item_vecs[targets[valid]]).sum(-1).detach()  # (P,) the history path's s
         loss = loss + rating_weight * rating_loss(model, inputs, targets, fused_all, use_id, ratings, affinity)
     return loss, int(rows.numel())
-
-
-def rating_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor, fused_all: torch.Tensor,
-                use_id: torch.Tensor, ratings: tuple[torch.Tensor, torch.Tensor], affinity: torch.Tensor) -> torch.Tensor:
-    """Squared error of r̂ (`RatingEstimator`) for every rated target of the windows, given the rated inputs at
-    or before its position, + the cross-entropy of the rating verbaliser's prior alone (LM logits left out) on
-    the same targets, so LoRA training starts from a calibrated prior. fused_all `(N, H)` and use_id `(N,)`:
-    the step's catalogue pass; affinity `(P,)`."""
-    estimator, prior = model.rating_estimator, model.verbaliser_prior
-    if estimator is None:
-        raise ValueError("train.collab_warmup.rating_weight > 0 needs model.rating_prior_window > 0")
-    valid = inputs >= 0
-    in_ratings, out_ratings = ratings
-    bias = estimator.item_bias(fused_all, torch.arange(model.n_items, device=inputs.device), use_id)  # (N,)
-    residual = torch.zeros(inputs.shape, device=inputs.device)
-    residual[valid] = in_ratings[valid].float() - estimator.mean - bias[inputs[valid]]
-    rated_in = valid & ~torch.isnan(in_ratings)
-    offsets = estimator.user_offsets(torch.where(rated_in, residual, 0.0), rated_in)[valid]  # (P,)
-    estimate = estimator.mean + bias[targets[valid]] + offsets + estimator.affinity * affinity
-    truth = out_ratings[valid].float()
-    rated = ~torch.isnan(truth)
-    if not rated.any():
-        return estimate.sum() * 0.0
-    loss = F.mse_loss(estimate[rated], truth[rated])
-    if prior is not None and "rating" in prior.scale:
-        k = prior.scale["rating"].numel()
-        answer = (torch.floor(truth[rated] + 0.5).long() - 1).clamp(0, k - 1)  # the verbaliser word index
-        logits = prior("rating", (estimate[rated] - estimator.mean).detach())
-        loss = loss + F.cross_entropy(logits, answer)
-    return loss
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -231,6 +210,14 @@ def warmup_parameters(model: UniversalRecModel, with_prior: bool = False) -> lis
     return params
 
 
+def item_table_parameters(model: UniversalRecModel) -> list[torch.nn.Parameter]:
+    """The per-item tables the warm-up fits (`collab_warmup.weight_decay` applies to these only): the input ID
+    embedding, the output ID rows and the history encoder's own ID table, where present."""
+    encoder = model.user_head.history_reader.encoder if model.user_head.history_reader is not None else None
+    tables = [model.fusion.id_embedding, model.item_head.output_ids, getattr(encoder, "id_embedding", None)]
+    return [t.weight for t in tables if t is not None and t.weight.requires_grad]
+
+
 def _warmup_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
     """Copies of everything the warm-up changes: fusion, the history path (+ its statistics), the item head."""
     prefixes = ("fusion.", "user_head.history_", "item_head.", "rating_estimator.", "verbaliser_prior.")
@@ -251,7 +238,10 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
         raise ValueError("train.collab_warmup.rating_weight > 0 needs the training ratings")
     start = time.perf_counter()
     params = warmup_parameters(model, with_prior=bool(cfg.rating_weight))
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    tables = {id(p) for p in item_table_parameters(model)}
+    groups = [{"params": [p for p in params if id(p) in tables], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) not in tables], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     model.train()
     points: list[list[float]] = []

@@ -77,9 +77,10 @@ def test_warmup_lowers_the_loss_trains_only_the_item_side_and_hands_over_exactly
     torch.testing.assert_close(model.user_head(hidden, history), model.user_head.history_vectors(history))
 
 
-@pytest.mark.parametrize("kind", ["mean", "attention"])
+@pytest.mark.parametrize("kind", ["mean", "attention", "attention_ids"])
 def test_warmup_loss_matches_a_naive_full_softmax(model_params, kind: str) -> None:
-    params = model_params({"model.history_encoder.kind": kind})
+    params = model_params({"model.history_encoder.kind": kind.removesuffix("_ids"),
+                           "model.history_encoder.id_table": kind.endswith("_ids")})
     model = build_model(params).model.eval()
     inputs = torch.tensor([[3, 4, 5, -1], [7, 8, -1, -1]])
     targets = torch.tensor([[4, 5, 6, -1], [8, 9, -1, -1]])
@@ -94,7 +95,9 @@ def test_warmup_loss_matches_a_naive_full_softmax(model_params, kind: str) -> No
                 hist = model.fusion(window).float().mean(0)
             else:  # the encoder over the prefix 0..c of this row alone, read at c
                 prefix = model.fusion(inputs[r, : c + 1]).float()
-                hist = model.user_head.history_reader.encoder(prefix.unsqueeze(0), torch.tensor([c + 1]))[0, c]
+                ids = inputs[r, : c + 1].unsqueeze(0)  # the encoder's own ID rows: items with a trained ID only
+                ids = torch.where(model.fusion.id_known[ids], ids, -1) if kind.endswith("_ids") else None
+                hist = model.user_head.history_reader.encoder(prefix.unsqueeze(0), torch.tensor([c + 1]), ids)[0, c]
             user = model.user_head.history_vectors(hist)
             logits = items @ user / model.temperature
             nll.append(-torch.log_softmax(logits, 0)[targets[r, c]])
@@ -152,3 +155,28 @@ def test_warmup_early_stopping_keeps_the_best_validation_state(model_params) -> 
         assert len(steps) - 1 - steps.index(report.best_step) == 2
     again = evaluate_scorer(HistoryPathScorer(model), valid, ks=(10,), batch_size=512)["ndcg@10"]
     assert again == max(values)
+
+
+def test_weight_decay_shrinks_only_the_per_item_tables(model_params) -> None:
+    """`collab_warmup.weight_decay`: the ID rows of cold items get no gradient, so they stay put without decay
+    and shrink with it; every parameter outside the per-item tables sees no decay (same run otherwise)."""
+    runs = {}
+    for decay in (0.0, 500.0):
+        params = model_params({"train.collab_warmup.steps": 6, "train.collab_warmup.batch_size": 8,
+                               "train.collab_warmup.eval_every": 0, "train.collab_warmup.weight_decay": decay,
+                               "model.history_encoder.id_table": True})
+        model = build_model(params).model
+        cold = ~model.fusion.id_known
+        assert cold.any()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, ratings=_ratings(params))
+        runs[decay] = (before, {n: p.detach().clone() for n, p in model.named_parameters()}, cold)
+    for table in ("fusion.id_embedding.weight", "user_head.history_reader.encoder.id_embedding.weight"):
+        before, after, cold = runs[0.0]
+        torch.testing.assert_close(after[table][cold], before[table][cold])
+        before, after, cold = runs[500.0]
+        assert (after[table][cold].norm(dim=1) < 0.9 * before[table][cold].norm(dim=1)).all(), table
+    before, after, cold = runs[500.0]
+    # outside the tables: no decay (500 × the summed learning rates of 6 warm-up steps would shrink it ~0.4×)
+    mlp = "fusion.output_mlp.0.weight"
+    assert after[mlp].norm() > 0.9 * before[mlp].norm()
