@@ -129,12 +129,16 @@ class UniversalRecModel(nn.Module):
             fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
                 self.special_rows.new_zeros((0, self.fusion.hidden_size))
         keep = batch.item_is_history
-        ids = None
-        if reader.reads_ids:  # the encoder's own ID rows: items with a trained ID that do not enter content-only
-            ids = batch.item_ids[keep]
-            ids = torch.where(self.fusion.id_known[ids] & ~batch.item_drop_id[keep], ids, -1)
         return reader(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep], int(batch.input_ids.shape[0]),
-                      rows, cols, ids)
+                      rows, cols, self.history_ids(batch.item_ids[keep], batch.item_drop_id[keep]))
+
+    def history_ids(self, ids: Tensor, drop_id: Tensor | None = None) -> Tensor | None:
+        """What the history reader's own ID table reads (`history_encoder.id_table`): `ids` `(P,)` with -1 where the
+        item has no trained ID or enters content-only (`drop_id` `(P,)`); None when the reader has no ID table."""
+        if not self.user_head.history_reader.reads_ids:
+            return None
+        known = self.fusion.id_known[ids] if drop_id is None else self.fusion.id_known[ids] & ~drop_id
+        return torch.where(known, ids, -1)
 
     @staticmethod
     def user_token_states(hidden: Tensor, batch: Batch) -> Tensor:

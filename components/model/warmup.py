@@ -97,18 +97,11 @@ class HistoryPathScorer:
         cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
         last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
         history = model.user_head.history_reader(fused, rows, cols, len(recent), torch.arange(len(recent)), last,
-                                                 _known_ids(model, ids))
+                                                 model.history_ids(ids))
         users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
         scores = users @ model.item_vectors().float().T  # (U, N)
         model.train(was_training)
         return scores.numpy()
-
-
-def _known_ids(model: UniversalRecModel, ids: torch.Tensor) -> torch.Tensor | None:
-    """`ids` `(P,)` with -1 where the item has no trained ID, for a history reader with its own ID table; else None."""
-    if not model.user_head.history_reader.reads_ids:
-        return None
-    return torch.where(model.fusion.id_known[ids], ids, -1)
 
 
 def _window_spans(lengths: np.ndarray, batch_size: int, max_len: int,
@@ -170,7 +163,7 @@ def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.T
     fused_all, item_vecs, use_id = model.catalogue()  # (N, H), (N, D [+1]), (N,)
     fused = fused_all[inputs[valid]]  # (P, H)
     history = model.user_head.history_reader(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols,
-                                             _known_ids(model, inputs[valid]))
+                                             model.history_ids(inputs[valid]))
     users = model.user_head.history_vectors(history).unsqueeze(1)  # (P, 1, D [+1])
     ids = torch.arange(model.n_items, device=inputs.device)
     log_q = torch.zeros(model.n_items, device=inputs.device)
