@@ -81,3 +81,32 @@ def collaborative_vectors(train: pd.DataFrame, n_items: int, dim: int, window: i
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0) * np.sqrt(dim)
     return out.astype(np.float32)
+
+
+NEIGHBOURS_FILE = "neighbours"
+"""File stem (`<embed_items.out_dir>/neighbours.npy`) of the item-neighbourhood factors (`neighbour_factors`)."""
+
+
+def neighbour_factors(train: pd.DataFrame, n_items: int, rank: int, seed: int) -> np.ndarray:
+    """`(N, rank)` float32 factors `f` with `f_i · f_j` ≈ the cosine of items i and j over the users who have
+    them in `train` (columns user_idx, item_idx): the truncated SVD `V·S` of the binary user × item incidence
+    with each item column scaled to unit norm (exact when rank ≥ min(users, items)); the item-kNN similarity
+    of `model.item_neighbours` (components/model/neighbours.py). Zero rows for items without training
+    interactions; deterministic for a given seed. Columns beyond the incidence's rank stay 0."""
+    if rank < 1:
+        raise ValueError(f"embed_items.neighbours.rank must be >= 1, got {rank}")
+    pairs = train[["user_idx", "item_idx"]].drop_duplicates()
+    users = pairs["user_idx"].to_numpy()
+    items = pairs["item_idx"].to_numpy()
+    if len(pairs) and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"item_idx outside [0, {n_items}) in the training interactions")
+    n_users = int(users.max()) + 1 if len(pairs) else 0
+    counts = np.bincount(items, minlength=n_items).astype(np.float64)
+    values = 1.0 / np.sqrt(counts[items])  # each item column has unit norm
+    matrix = sp.csr_matrix((values, (users, items)), shape=(n_users, n_items))
+    k = min(rank, n_users, n_items)
+    out = np.zeros((n_items, rank), dtype=np.float64)
+    if matrix.nnz and k >= 1:
+        _, s, vt = randomized_svd(matrix, n_components=k, n_iter=7, random_state=seed)
+        out[:, :k] = vt.T * s
+    return out.astype(np.float32)

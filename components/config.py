@@ -250,6 +250,11 @@ class CollabParams(_Strict):
     window: int = Field(default=10, ge=1)
 
 
+class NeighbourFactorParams(_Strict):
+    enabled: bool = False
+    rank: int = Field(default=256, ge=1)
+
+
 class EmbedItemsParams(_Strict):
     encoder: Literal["backbone", "hf_dir"]
     encoder_dir: str | None = None
@@ -259,6 +264,7 @@ class EmbedItemsParams(_Strict):
     extra_modalities: dict[str, str] = {}
     autocast_bf16: bool | Literal["auto"] = "auto"
     collab: CollabParams = CollabParams()
+    neighbours: NeighbourFactorParams = NeighbourFactorParams()
 
     _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
 
@@ -287,6 +293,20 @@ class HistoryEncoderParams(_Strict):
         return self
 
 
+class ItemNeighboursParams(_Strict):
+    window: int = Field(default=0, ge=0)
+    decay: float = Field(default=0.6, gt=0.0, le=1.0)
+    weight: float = Field(default=1.0, ge=0.0)
+    weight_grid: list[float] = []
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(w < 0 for w in v) or len(set(v)) != len(v):
+            raise ValueError(f"weights must be distinct values >= 0, got {v}")
+        return sorted(v)
+
+
 class ModelParams(_Strict):
     item_token: str
     user_token: str
@@ -304,6 +324,7 @@ class ModelParams(_Strict):
     softmax: Literal["sampled", "full"] = "sampled"
     history_skip_items: int = Field(default=0, ge=0)
     history_encoder: HistoryEncoderParams = HistoryEncoderParams()
+    item_neighbours: ItemNeighboursParams = ItemNeighboursParams()
     standardise_momentum: float = Field(default=0.05, gt=0.0, le=1.0)
     verbaliser_prior: bool = False
     rating_prior_window: int = Field(default=0, ge=0)
@@ -312,6 +333,8 @@ class ModelParams(_Strict):
     def _prior_needs_history(self) -> "ModelParams":
         if self.verbaliser_prior and self.history_skip_items < 1:
             raise ValueError("model.verbaliser_prior reads the history path: set model.history_skip_items > 0")
+        if self.item_neighbours.window and self.history_skip_items < 1:
+            raise ValueError("model.item_neighbours is a term of the history path: set model.history_skip_items > 0")
         if self.rating_prior_window and not self.verbaliser_prior:
             raise ValueError("model.rating_prior_window > 0 feeds the verbaliser prior: set model.verbaliser_prior: true")
         return self
@@ -347,6 +370,7 @@ class CollabWarmupParams(_Strict):
     content_weight: float = Field(default=0.0, ge=0.0, le=1.0)
     rating_weight: float = Field(default=0.0, ge=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 GATED_TASKS: tuple[str, ...] = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")
@@ -637,6 +661,9 @@ class Params(_Strict):
         if self.train.hidden_gate.grid and self.model.history_skip_items < 1:
             raise ValueError("train.hidden_gate needs the history path (model.history_skip_items > 0): with gate 0 "
                              "the user vector would have nothing left; set train.hidden_gate.grid: []")
+        if self.model.item_neighbours.window and not self.embed_items.neighbours.enabled:
+            raise ValueError("model.item_neighbours.window > 0 reads the item-neighbourhood factors: set "
+                             "embed_items.neighbours.enabled: true (and run `unirec embed-items`)")
         return self
 
     def tracking_uri(self) -> str:

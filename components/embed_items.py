@@ -11,6 +11,8 @@ Outputs (``embed_items.out_dir``, replaced as a whole):
 * ``<name>.npy`` float32 (n_items, d) for every ``embed_items.extra_modalities`` entry (validated);
 * ``collab.npy`` float32 (n_items, collab.dim) when ``embed_items.collab.enabled``: collaborative vectors
   from the training split only (components/collab.py);
+* ``neighbours.npy`` float32 (n_items, neighbours.rank) when ``embed_items.neighbours.enabled``: the
+  item-neighbourhood factors of ``model.item_neighbours``, from the training split only;
 * ``meta.json``: encoder, backbone source, layers, dim per modality, n_items, seconds.
 
 Deterministic: fixed batch order (items sorted by token length, stable), no sampling, inference mode.
@@ -31,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from components.collab import COLLAB_MODALITY, collaborative_vectors
+from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE, collaborative_vectors, neighbour_factors
 from components.config import Params
 from components.tables import id_map_path
 
@@ -208,6 +210,12 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
                                 columns=["user_idx", "item_idx", "order"])
         extras[COLLAB_MODALITY] = collaborative_vectors(train, n, cfg.collab.dim, cfg.collab.window, params.seed)
         np.save(tmp / f"{COLLAB_MODALITY}.npy", extras[COLLAB_MODALITY])
+    if cfg.neighbours.enabled:
+        train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                                columns=["user_idx", "item_idx"])
+        factors = neighbour_factors(train, n, cfg.neighbours.rank, params.seed)
+        np.save(tmp / f"{NEIGHBOURS_FILE}.npy", factors)
+        log.info("item-neighbourhood factors %dx%d", *factors.shape)
     dims = {"text": int(text.shape[1]), **{k: int(v.shape[1]) for k, v in extras.items()}}
     report = EmbedItemsReport(n_items=n, dims=dims, encoder=description, num_layers=layers, out_dir=str(cfg.out_dir))
     report.seconds = time.perf_counter() - start

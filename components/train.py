@@ -155,14 +155,19 @@ def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -
     frame = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
                             columns=["user_idx", "item_idx", "order", "rating"])
     cfg = params.train.collab_warmup
-    valid = next_item_task(load_split_data(params), "valid") if cfg.eval_every else None
+    grid = params.model.item_neighbours.weight_grid if built.model.neighbours is not None else []
+    valid = next_item_task(load_split_data(params), "valid") if cfg.eval_every or grid else None
     ratings = user_sequences(frame, "rating") if cfg.rating_weight else None
     report = collab_warmup(built.model, user_sequences(frame), cfg, seed, params.train.log_every_n_steps, valid,
-                           ratings)
+                           ratings, grid)
     for step, value in report.curve:
         logger.experiment.log_metric(logger.run_id, "warmup/loss", value, step=int(step))
     for step, value in report.valid_curve:
         logger.experiment.log_metric(logger.run_id, "warmup/valid_ndcg_at_10", value, step=int(step))
+    for weight, value in report.neighbour_curve:
+        logger.experiment.log_metric(logger.run_id, f"warmup/neighbour_beta_{weight:g}/valid_ndcg_at_10", value)
+    if report.neighbour_weight is not None:
+        logger.experiment.log_metric(logger.run_id, "warmup/neighbour_beta", report.neighbour_weight)
     logger.experiment.log_metric(logger.run_id, "warmup/seconds", report.seconds)
     return report
 

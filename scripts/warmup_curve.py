@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/warmup_curve.py [dotted.param=value ...]
+    python scripts/warmup_curve.py [--scores=FILE.npz] [--explore-neighbours] [dotted.param=value ...]
     python scripts/warmup_curve.py train.collab_warmup.eval_every=50 train.collab_warmup.patience=100
 
 Builds the model from params.yaml (plus the overrides), runs `components.model.warmup.collab_warmup` with
@@ -88,8 +88,32 @@ def rating_rmse(params, built, template: str = "rating/seen-1") -> dict[str, flo
     return {"rows": len(frame), **{k: round(v, 4) for k, v in rmse.items()}}
 
 
+@torch.no_grad()
+def explore_neighbours(model, valid: NextItemTask, test: NextItemTask) -> list[dict[str, float]]:
+    """Validation and test NDCG@10 / HR@10 of the kept history path over a grid of the item-neighbourhood term's
+    window, decay and β (the model is left with its configured window / decay and chosen β)."""
+    nb, scorer, rows = model.neighbours, HistoryPathScorer(model), []
+    kept = (nb.window, nb.decay, float(nb.weight))
+    for window in (5, 10, 20):
+        for decay in (0.5, 0.6, 0.8):
+            for weight in (0.25, 0.5, 1.0):
+                nb.window, nb.decay = window, decay
+                nb.weight.fill_(weight)
+                v = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)
+                t = evaluate_scorer(scorer, test, ks=(10,), batch_size=512)
+                rows.append({"window": window, "decay": decay, "beta": weight,
+                             **{f"valid_{k}": round(x, 4) for k, x in v.items()},
+                             **{f"test_{k}": round(x, 4) for k, x in t.items()}})
+    nb.window, nb.decay = kept[:2]
+    nb.weight.fill_(kept[2])
+    return rows
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the per-evaluation lines
+    scores_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--scores=")), None)
+    explore = "--explore-neighbours" in argv
+    argv = [a for a in argv if not a.startswith("--scores=") and a != "--explore-neighbours"]
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in argv)}
     params = load_params("params.yaml", overrides)
     if params.train.num_threads:
@@ -103,22 +127,31 @@ def main(argv: list[str]) -> None:
     valid = next_item_task(load_split_data(params), "valid")
     start = time.perf_counter()
     ratings = user_sequences(frame, "rating") if params.train.collab_warmup.rating_weight else None
-    report = collab_warmup(built.model, user_sequences(frame), params.train.collab_warmup, seed, 50, valid, ratings)
+    grid = params.model.item_neighbours.weight_grid if built.model.neighbours is not None else []
+    report = collab_warmup(built.model, user_sequences(frame), params.train.collab_warmup, seed, 50, valid, ratings,
+                           grid)
     data = load_split_data(params)
     test = next_item_task(data, "test")
     scorer = HistoryPathScorer(built.model)
     test_metrics = evaluate_scorer(scorer, test, ks=(5, 10, 20), batch_size=512)
+    if scores_path:  # the test users' raw history-path scores, for scripts/ensemble_scores.py
+        np.savez_compressed(scores_path, user_idx=test.user_idx,
+                            scores=scorer.score_users(test.user_idx, test.histories).astype(np.float32))
     cold = cold_task(params, data, test)
     cold_ids = evaluate_scorer(scorer, cold, ks=(10,), batch_size=512)
     cold_content = evaluate_scorer(_ContentOnly(built.model), cold, ks=(10,), batch_size=512)
     rating = rating_rmse(params, built) if built.model.rating_estimator is not None else None
+    grid = explore_neighbours(built.model, valid, test) if explore and built.model.neighbours is not None else None
     print(json.dumps({"overrides": overrides, "steps": report.steps, "best_step": report.best_step,
+                      "neighbour_explore": grid,
                       "rating_test_rmse": rating,
                       "seconds": round(time.perf_counter() - start),
                       "test": {k: round(v, 4) for k, v in test_metrics.items()},
                       "cold_test_history_ids": {k: round(v, 4) for k, v in cold_ids.items()},
                       "cold_test_content_only": {k: round(v, 4) for k, v in cold_content.items()},
                       "valid_ndcg@10": [[s, round(v, 4)] for s, v in report.valid_curve],
+                      "neighbour_beta": report.neighbour_weight,
+                      "neighbour_valid_ndcg@10": [[w, round(v, 4)] for w, v in report.neighbour_curve],
                       "loss": [[s, round(v, 3)] for s, v in report.curve]}))
 
 

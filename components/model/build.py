@@ -21,17 +21,19 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from components.collab import COLLAB_MODALITY
+from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE
 from components.config import Params
 from components.model.backbone import Backbone, load_backbone
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
+from components.model.neighbours import ItemNeighbours
 from components.model.prompting import PromptSpec, make_spec
 from components.model.rating import RatingEstimator
 from components.model.universal import UniversalRecModel
 from components.model.verbalizer import VerbaliserPrior
 
-MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.", "rating_estimator.")
+MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.", "rating_estimator.",
+                   "neighbours.")
 
 
 @dataclass
@@ -64,6 +66,21 @@ def load_modalities(params: Params) -> dict[str, torch.Tensor]:
     return {n: torch.from_numpy(np.load(folder / f"{n}.npy").astype(np.float32)) for n in names}
 
 
+def load_neighbours(params: Params, n_items: int) -> ItemNeighbours | None:
+    """The item-neighbourhood term (`model.item_neighbours`) over `<embed_items.out_dir>/neighbours.npy`, or None when off."""
+    cfg = params.model.item_neighbours
+    if not cfg.window:
+        return None
+    path = params.resolve(params.embed_items.out_dir) / f"{NEIGHBOURS_FILE}.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; model.item_neighbours needs it, run `unirec embed-items` "
+                                "with embed_items.neighbours.enabled: true")
+    factors = torch.from_numpy(np.load(path).astype(np.float32))
+    if factors.shape[0] != n_items:
+        raise ValueError(f"{path}: {factors.shape[0]} rows for {n_items} items; re-run `unirec embed-items`")
+    return ItemNeighbours(factors, cfg.window, cfg.decay, cfg.weight)
+
+
 def token_embedding_rms(llm: torch.nn.Module) -> float:
     """Per-coordinate RMS of the backbone's input token embeddings (the scale a fused item enters at)."""
     table = llm.get_input_embeddings().weight.detach()
@@ -91,11 +108,12 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
     h = backbone.hidden_size
     spec = make_spec(backbone.tokenizer, backbone.special_ids, params.model.num_user_tokens,
                      params.train.max_prompt_tokens, params.train.max_target_tokens)
+    neighbours = load_neighbours(params, n_items)
     model = UniversalRecModel(
         llm=llm,
         fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
                                       output_rms=token_embedding_rms(backbone.model)),
-        user_head=SetQueryHead.from_params(params.model, h, n_items),
+        user_head=SetQueryHead.from_params(params.model, h, n_items, neighbours.dim if neighbours else 0),
         item_head=ItemProjection.from_params(params.model, h, n_items),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
         num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,
@@ -103,7 +121,8 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         verbaliser_prior=VerbaliserPrior({t: len(ids) for t, ids in spec.verbaliser_ids.items()},
                                          params.model.temperature) if params.model.verbaliser_prior else None,
         rating_estimator=RatingEstimator(h, n_items, params.model.rating_prior_window, mean_rating)
-        if params.model.rating_prior_window else None)
+        if params.model.rating_prior_window else None,
+        neighbours=neighbours)
     return Built(model=model, backbone=backbone, spec=spec)
 
 

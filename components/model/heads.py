@@ -96,12 +96,18 @@ class SetQueryHead(_Projection):
     With a `history_reader` (`model.history_skip_items > 0`) `forward(hidden, history)` also takes the
     reader's summary of the prompt's items up to the read position `(..., E)` (`history.HistoryReader`:
     the mean fused vector of the recent items, E = H, or a causal encoder's output, E = its width) through
-    its own standardise → MLP, added to the hidden-state MLP's output before the normalisation.
+    its own standardise → MLP, added to the hidden-state MLP's output before the normalisation. With
+    `passthrough` p > 0 the last p columns of `history` are not read by the MLP but appended to the user
+    vector as they are, after the bias column (`(..., D [+ 1] + p)`: the item-neighbourhood block,
+    components/model/neighbours.py).
     """
 
     def __init__(self, hidden_size: int, retrieval_dim: int, l2_normalize: bool, bias_column: bool = False,
-                 history_reader: HistoryReader | None = None, momentum: float = 0.05) -> None:
+                 history_reader: HistoryReader | None = None, momentum: float = 0.05, passthrough: int = 0) -> None:
         super().__init__(hidden_size, retrieval_dim, l2_normalize, bias_column, momentum)
+        if passthrough and history_reader is None:
+            raise ValueError("SetQueryHead: passthrough columns ride on the history path (history_reader)")
+        self.passthrough = passthrough
         self.bias_scale = nn.Linear(hidden_size, 1) if bias_column else None
         if self.bias_scale is not None:
             nn.init.zeros_(self.bias_scale.weight)
@@ -131,17 +137,27 @@ class SetQueryHead(_Projection):
         0 gives `history_vectors(history)`, 1 (or None) the trained head."""
         if (history is None) != (self.history_mlp is None):
             raise ValueError("SetQueryHead: pass `history` exactly when the head has a history path")
+        history, tail = self._split(history)
         offset = None if history is None else self.history_mlp(self.history_standardise(history))
-        return super().forward(hidden, offset, gate)
+        out = super().forward(hidden, offset, gate)
+        return out if tail is None else torch.cat([out, tail.to(out.dtype)], dim=-1)
+
+    def _split(self, history: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """`(..., E + p)` → (the reader's summary `(..., E)`, the `passthrough` columns `(..., p)` or None)."""
+        if history is None or not self.passthrough:
+            return history, None
+        return history[..., : -self.passthrough], history[..., -self.passthrough:]
 
     def history_vectors(self, history: Tensor) -> Tensor:
         """History path alone, `(..., H)` → `(..., D [+ 1])`: the user vector when the hidden-state MLP
         outputs zero (the collaborative warm-up trains it before the LLM is used; the bias factor is 1)."""
         if self.history_mlp is None:
             raise ValueError("SetQueryHead.history_vectors: the head has no history path (model.history_skip_items = 0)")
+        history, tail = self._split(history)
         out = self.history_mlp(self.history_standardise(history))
         out = F.normalize(out, dim=-1) if self.l2_normalize else out
-        return torch.cat([out, out.new_ones((*out.shape[:-1], 1))], dim=-1) if self.bias_column else out
+        out = torch.cat([out, out.new_ones((*out.shape[:-1], 1))], dim=-1) if self.bias_column else out
+        return out if tail is None else torch.cat([out, tail.to(out.dtype)], dim=-1)
 
     def gates_for(self, tasks: list[str]) -> Tensor | None:
         """`(S, 1, 1)` gate of each row's task (`tasks`, one name per set-out row), or None when every gate
@@ -166,9 +182,11 @@ class SetQueryHead(_Projection):
             self.mlp[-1].bias.zero_()
 
     @classmethod
-    def from_params(cls, model: ModelParams, hidden_size: int, n_items: int = 0) -> "SetQueryHead":
+    def from_params(cls, model: ModelParams, hidden_size: int, n_items: int = 0,
+                    passthrough: int = 0) -> "SetQueryHead":
         """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items,
-        history_encoder), the width H and the catalogue size N (the encoder's ID table, `history_encoder.id_table`)."""
+        history_encoder), the width H, the catalogue size N (the encoder's ID table, `history_encoder.id_table`)
+        and the `passthrough` width p (the item-neighbourhood block, `model.item_neighbours`)."""
         reader = None
         if model.history_skip_items > 0:
             enc = model.history_encoder
@@ -179,7 +197,7 @@ class SetQueryHead(_Projection):
                 if enc.kind == "attention" else None
             reader = HistoryReader(enc.kind, hidden_size, model.history_skip_items, encoder, enc.width)
         return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias, reader,
-                   model.standardise_momentum)
+                   model.standardise_momentum, passthrough)
 
 
 class ItemProjection(_Projection):

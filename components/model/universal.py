@@ -25,6 +25,7 @@ from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
 from components.model.index import score_candidate_lists
 from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
+from components.model.neighbours import ItemNeighbours
 from components.model.prompting import VERBALISED_TASKS
 from components.model.rating import RatingEstimator
 from components.model.verbalizer import VerbaliserPrior, verbalizer_logits, verbalizer_loss
@@ -35,8 +36,12 @@ class UniversalRecModel(nn.Module):
                  verbaliser_ids: dict[str, tuple[int, ...]], temperature: float, num_negatives: int,
                  item_log_prob: Tensor, special_ids: dict[str, int], full_softmax: bool = False,
                  history_window: int = 0, verbaliser_prior: VerbaliserPrior | None = None,
-                 rating_estimator: RatingEstimator | None = None) -> None:
+                 rating_estimator: RatingEstimator | None = None, neighbours: ItemNeighbours | None = None) -> None:
         super().__init__()
+        if neighbours is not None and user_head.passthrough != neighbours.dim:
+            raise ValueError(f"the user head passes {user_head.passthrough} columns through, the neighbourhood "
+                             f"block has {neighbours.dim}")
+        self.neighbours = neighbours  # model.item_neighbours: both vectors gain its block (neighbours.py)
         self.llm, self.fusion, self.user_head, self.item_head = llm, fusion, user_head, item_head
         # Trainable input rows of the special tokens ([ITEM], [UM], [LM]), kept apart from the frozen
         # (V, H) embedding matrix: they are only ever inputs, never predicted, so the LM head is untouched.
@@ -87,7 +92,10 @@ class UniversalRecModel(nn.Module):
         ids = torch.arange(self.n_items, device=self.fusion.id_known.device) if item_ids is None else item_ids
         use_id = self.fusion.id_mask(ids, drop_id)  # one draw: the input and output ID rows share it
         fused = self.fusion(ids, use_id=use_id)
-        return fused, self.item_head(fused.detach(), ids, use_id), use_id
+        out = self.item_head(fused.detach(), ids, use_id)
+        if self.neighbours is not None:  # (C, D [+1] + k)
+            out = torch.cat([out, self.neighbours.item_block(ids, use_id).to(out.dtype)], dim=-1)
+        return fused, out, use_id
 
     def input_embeddings(self, batch: Batch) -> Tensor:
         """`(B, T, H)` token embeddings with the trainable special rows and the fused item vectors injected."""
@@ -129,14 +137,26 @@ class UniversalRecModel(nn.Module):
             fused = self.fusion(batch.item_ids, batch.item_drop_id) if batch.item_ids.numel() else \
                 self.special_rows.new_zeros((0, self.fusion.hidden_size))
         keep = batch.item_is_history
-        return reader(fused[keep].float(), batch.item_rows[keep], batch.item_cols[keep], int(batch.input_ids.shape[0]),
-                      rows, cols, self.history_ids(batch.item_ids[keep], batch.item_drop_id[keep]))
+        return self.history_summary(fused[keep].float(), batch.item_ids[keep], batch.item_rows[keep],
+                                    batch.item_cols[keep], int(batch.input_ids.shape[0]), rows, cols,
+                                    batch.item_drop_id[keep])
 
-    def history_ids(self, ids: Tensor, drop_id: Tensor | None = None) -> Tensor | None:
-        """What the history reader's own ID table reads (`history_encoder.id_table`): `ids` `(P,)` with -1 where the
-        item has no trained ID or enters content-only (`drop_id` `(P,)`); None when the reader has no ID table."""
-        if not self.user_head.history_reader.reads_ids:
-            return None
+    def history_summary(self, fused: Tensor, ids: Tensor, item_rows: Tensor, item_cols: Tensor, n_rows: int,
+                        read_rows: Tensor, read_cols: Tensor, drop_id: Tensor | None = None) -> Tensor:
+        """What the user head's history path reads at each read position `(R, E [+ k])`: the history reader over
+        the history slots (fused `(P, H)`, ids / rows / cols `(P,)` in (row, col) order, `drop_id` `(P,)` = entered
+        content-only) and, with `model.item_neighbours`, the neighbourhood block appended (the head passes it through)."""
+        known = self.known_ids(ids, drop_id)
+        reader = self.user_head.history_reader
+        out = reader(fused, item_rows, item_cols, n_rows, read_rows, read_cols, known if reader.reads_ids else None)
+        if self.neighbours is None:
+            return out
+        block = self.neighbours.user_block(known, item_rows, item_cols, n_rows, read_rows, read_cols)
+        return torch.cat([out, block.to(out.dtype)], dim=-1)
+
+    def known_ids(self, ids: Tensor, drop_id: Tensor | None = None) -> Tensor:
+        """`ids` `(P,)` with -1 where the item has no trained ID or enters content-only (`drop_id` `(P,)`): what the
+        per-item tables of the history path read (the encoder's ID table, the neighbourhood factors)."""
         known = self.fusion.id_known[ids] if drop_id is None else self.fusion.id_known[ids] & ~drop_id
         return torch.where(known, ids, -1)
 

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from components.baselines.common import NextItemTask, evaluate_scorer
 from components.config import CollabWarmupParams
 from components.model.losses import sampled_softmax_loss
+from components.model.history_scoring import HistoryPathScorer, choose_neighbour_weight
 from components.model.rating import rating_loss
 from components.model.universal import UniversalRecModel
 
@@ -66,6 +67,10 @@ class WarmupReport:
     """[step, validation NDCG@10] every `eval_every` steps (early stopping; empty when off)."""
     best_step: int | None = None
     """Step whose state was kept (early stopping), None when off."""
+    neighbour_curve: list[list[float]] = field(default_factory=list)
+    """[β, validation NDCG@10] of every `model.item_neighbours.weight_grid` value (empty when not chosen)."""
+    neighbour_weight: float | None = None
+    """β of the item-neighbourhood term after the warm-up (None without the term)."""
 
     def summary(self) -> str:
         text = (f"collab warm-up: {self.steps} steps × {self.batch_size} windows ({self.targets:,} targets) in "
@@ -73,35 +78,10 @@ class WarmupReport:
         if self.best_step is not None:
             best = max(v for _, v in self.valid_curve)
             text += f", kept step {self.best_step} (validation NDCG@10 {best:.4f})"
+        if self.neighbour_curve:
+            text += (f"; item-neighbourhood β {self.neighbour_weight:g} (validation NDCG@10 "
+                     f"{max(v for _, v in self.neighbour_curve):.4f})")
         return text
-
-
-class HistoryPathScorer:
-    """`NextItemScorer` of the history path alone: the history reader over a history's last
-    `history_reader.context` items (read after the last one) → `user_head.history_vectors` · output item
-    vectors (eval mode)."""
-
-    def __init__(self, model: UniversalRecModel) -> None:
-        self.model = model
-
-    @torch.no_grad()
-    def score_users(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
-        model = self.model
-        window = model.user_head.history_reader.context
-        was_training = model.training
-        model.eval()
-        recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
-        ids = torch.from_numpy(np.concatenate(recent)) if recent else torch.empty(0, dtype=torch.long)
-        fused = model.fusion(ids).float()  # (P, H)
-        rows = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
-        cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
-        last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
-        history = model.user_head.history_reader(fused, rows, cols, len(recent), torch.arange(len(recent)), last,
-                                                 model.history_ids(ids))
-        users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
-        scores = users @ model.item_vectors().float().T  # (U, N)
-        model.train(was_training)
-        return scores.numpy()
 
 
 def _window_spans(lengths: np.ndarray, batch_size: int, max_len: int,
@@ -162,8 +142,7 @@ def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.T
     # ~N instead of N + B·L fused vectors a step
     fused_all, item_vecs, use_id = model.catalogue()  # (N, H), (N, D [+1]), (N,)
     fused = fused_all[inputs[valid]]  # (P, H)
-    history = model.user_head.history_reader(fused.float(), rows, cols, int(inputs.shape[0]), rows, cols,
-                                             model.history_ids(inputs[valid]))
+    history = model.history_summary(fused.float(), inputs[valid], rows, cols, int(inputs.shape[0]), rows, cols)
     users = model.user_head.history_vectors(history).unsqueeze(1)  # (P, 1, D [+1])
     ids = torch.arange(model.n_items, device=inputs.device)
     log_q = torch.zeros(model.n_items, device=inputs.device)
@@ -217,14 +196,33 @@ def _warmup_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
+@torch.no_grad()
+def _swap(params: list[torch.nn.Parameter], values: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+    """Load `values` into `params` in place and return copies of what they held (None: nothing to do)."""
+    if values is None:
+        return None
+    held = [p.detach().clone() for p in params]
+    for p, v in zip(params, values):
+        p.copy_(v)
+    return held
+
+
 def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: CollabWarmupParams, seed: int,
                   log_every: int = 10, valid: NextItemTask | None = None,
-                  ratings: list[np.ndarray] | None = None) -> WarmupReport:
+                  ratings: list[np.ndarray] | None = None, neighbour_grid: list[float] | None = None) -> WarmupReport:
     """Run the warm-up in place on `model` (training mode) and silence the head's hidden-state path.
 
     With `cfg.eval_every > 0`, `valid` (the validation next-item rows) drives early stopping (module docstring).
     `ratings` (aligned with `sequences`, nan = unrated) feed the rating estimate when `cfg.rating_weight > 0`.
+    With the item-neighbourhood term (`model.neighbours`) the neural path is fitted with β = 0 and β is then
+    chosen on `valid` from `neighbour_grid` (`model.item_neighbours.weight_grid`; empty or None: β is kept).
     """
+    held_weight = None
+    if model.neighbours is not None:
+        if neighbour_grid and valid is None:
+            raise ValueError("model.item_neighbours.weight_grid needs the validation rows (valid)")
+        held_weight = float(model.neighbours.weight)
+        model.neighbours.weight.zero_()  # the targets are in the factors: no neighbour term while fitting
     if cfg.eval_every and valid is None:
         raise ValueError("train.collab_warmup.eval_every > 0 needs the validation rows (valid)")
     if cfg.rating_weight and ratings is None:
@@ -244,6 +242,7 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     since_best = 0  # evaluations since the best one
     scorer = HistoryPathScorer(model)
+    average = [p.detach().clone() for p in params] if cfg.ema_decay else None  # Polyak average of `params`
     bar = tqdm(range(cfg.steps), desc="collab warm-up", unit="step", mininterval=2.0)
     for step in bar:
         rng = np.random.default_rng([seed, 7, step])
@@ -260,6 +259,10 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:  # decay ramps up as (1+t)/(10+t) so the first steps don't pin it at the init
+            weight = 1 - min(cfg.ema_decay, (1 + step) / (10 + step))
+            for mean, p in zip(average, params):
+                mean.lerp_(p.detach(), weight)
         total_targets += n_targets
         pending.append(float(loss.detach()))
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
@@ -267,21 +270,33 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
             bar.set_postfix(loss=f"{points[-1][1]:.3f}")
             pending = []
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            raw = _swap(params, average)  # evaluate (and keep) the averaged weights
             ndcg = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)["ndcg@10"]  # type: ignore[arg-type]
             valid_curve.append([step + 1, ndcg])
             log.info("collab warm-up step %d: validation NDCG@10 %.4f", step + 1, ndcg)
-            if best is None or ndcg > best[0]:
-                best, since_best = (ndcg, step + 1, _warmup_state(model)), 0
+            state = _warmup_state(model) if best is None or ndcg > best[0] else None
+            _swap(params, raw)
+            if state is not None:
+                best, since_best = (ndcg, step + 1, state), 0
             elif (since_best := since_best + 1) >= cfg.patience:
                 log.info("collab warm-up: no better validation NDCG@10 for %d evaluations, stopping", cfg.patience)
                 break
     if best is not None:
         model.load_state_dict(best[2], strict=False)
+    elif average is not None:
+        _swap(params, average)
+    neighbour_curve = []
+    if held_weight is not None:
+        model.neighbours.weight.fill_(held_weight)
+        if neighbour_grid:
+            neighbour_curve = choose_neighbour_weight(model, neighbour_grid, valid)  # type: ignore[arg-type]
     model.user_head.silence_hidden_path()
     seconds = time.perf_counter() - start
     first = points[0][1] if points else float("nan")
     report = WarmupReport(steps=step + 1 if cfg.steps else 0, batch_size=cfg.batch_size, seconds=seconds,
                           targets=total_targets, first_loss=first, last_loss=points[-1][1] if points else float("nan"),
-                          curve=points, valid_curve=valid_curve, best_step=best[1] if best else None)
+                          curve=points, valid_curve=valid_curve, best_step=best[1] if best else None,
+                          neighbour_curve=neighbour_curve,
+                          neighbour_weight=None if held_weight is None else float(model.neighbours.weight))
     log.info(report.summary())
     return report

@@ -7,7 +7,7 @@ any machine):
     params.yaml                 effective params (overrides applied), paths rewritten
     model/                      train.out_dir: adapter/, modules.safetensors, item_vectors.npy, model.json
     index/                      index.out_dir: items.faiss + meta.json (built from model/item_vectors.npy)
-    data/embeddings/            frozen item tables the fusion module reads (text.npy, collab.npy, extras)
+    data/embeddings/            frozen item tables the model reads (text.npy, collab.npy, neighbours.npy, extras)
     data/splits/                train / valid / cold / cold_items (stored histories, item statistics)
     data/canonical/             items.parquet (titles), id_maps/{items,users}.parquet (original ids)
     data/examples/              user_text.parquet (the profile text of every user)

@@ -110,6 +110,7 @@ def test_train_chooses_gates_on_validation_and_the_saved_model_uses_them(model_p
 
 def test_gate_needs_the_history_path(model_params) -> None:
     no_history = {"model.history_skip_items": 0, "model.verbaliser_prior": False, "model.rating_prior_window": 0,
+                  "model.item_neighbours.window": 0,
                   "train.collab_warmup.steps": 0}
     with pytest.raises(ValueError, match="hidden_gate needs the history path"):
         model_params({**no_history, "train.hidden_gate.grid": GRID})

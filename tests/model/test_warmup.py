@@ -8,11 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from components.baselines.common import evaluate_scorer, load_split_data, next_item_task
 from components.collab import user_sequences
 from components.model.build import build_model
-from components.model.warmup import HistoryPathScorer, collab_warmup, sample_windows, warmup_loss
+from components.model.warmup import HistoryPathScorer, collab_warmup, sample_windows, warmup_loss, warmup_parameters
 from components.train import train
 
 
@@ -77,10 +78,12 @@ def test_warmup_lowers_the_loss_trains_only_the_item_side_and_hands_over_exactly
     torch.testing.assert_close(model.user_head(hidden, history), model.user_head.history_vectors(history))
 
 
-@pytest.mark.parametrize("kind", ["mean", "attention", "attention_ids"])
+@pytest.mark.parametrize("kind", ["mean", "attention", "attention_ids", "attention_neighbours"])
 def test_warmup_loss_matches_a_naive_full_softmax(model_params, kind: str) -> None:
-    params = model_params({"model.history_encoder.kind": kind.removesuffix("_ids"),
-                           "model.history_encoder.id_table": kind.endswith("_ids")})
+    params = model_params({"model.history_encoder.kind": kind.split("_")[0],
+                           "model.history_encoder.id_table": kind.endswith("_ids"),
+                           "model.item_neighbours.window": 2 if kind.endswith("_neighbours") else 0,
+                           "model.item_neighbours.weight": 1.5})
     model = build_model(params).model.eval()
     inputs = torch.tensor([[3, 4, 5, -1], [7, 8, -1, -1]])
     targets = torch.tensor([[4, 5, 6, -1], [8, 9, -1, -1]])
@@ -98,7 +101,15 @@ def test_warmup_loss_matches_a_naive_full_softmax(model_params, kind: str) -> No
                 ids = inputs[r, : c + 1].unsqueeze(0)  # the encoder's own ID rows: items with a trained ID only
                 ids = torch.where(model.fusion.id_known[ids], ids, -1) if kind.endswith("_ids") else None
                 hist = model.user_head.history_reader.encoder(prefix.unsqueeze(0), torch.tensor([c + 1]), ids)[0, c]
-            user = model.user_head.history_vectors(hist)
+            nb = model.neighbours
+            if nb is None:
+                user = model.user_head.history_vectors(hist)
+            else:  # + β Σ_q decay^q f(item at c - q) over the last 2 positions (items with a trained ID)
+                recent = [int(i) for i in inputs[r, max(0, c - 1): c + 1].flip(0)]
+                block = 1.5 * sum(nb.decay ** q * nb.factors[i] * float(model.fusion.id_known[i])
+                                  for q, i in enumerate(recent))
+                no_block = model.user_head.history_vectors(torch.cat([hist, torch.zeros(nb.dim)]))
+                user = torch.cat([no_block[: -nb.dim], block])
             logits = items @ user / model.temperature
             nll.append(-torch.log_softmax(logits, 0)[targets[r, c]])
     assert n == 5
@@ -114,20 +125,24 @@ def test_train_runs_the_warmup_once_and_reports_it(model_params) -> None:
     assert again.resumed_from is not None and again.collab_warmup is None
 
 
-def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, tmp_path) -> None:
+@pytest.mark.parametrize("neighbours", [0, 3])
+def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, tmp_path, neighbours: int) -> None:
     from safetensors.torch import load_file
 
     params = model_params({"train.max_steps": 3, "train.resume": False, "train.precision": "32-true",
-                           "train.collab_warmup.lr_scale": 0.0})
+                           "train.collab_warmup.lr_scale": 0.0, "model.item_neighbours.window": neighbours})
     train(params)
     trained = load_file(params.resolve(params.train.out_dir) / "modules.safetensors")
     # the same build and warm-up by hand (train seeds both with seed + seed_offset)
     built = build_model(params)
     collab_warmup(built.model, _sequences(params), params.train.collab_warmup, params.seed + params.train.seed_offset,
-                  valid=next_item_task(load_split_data(params), "valid"), ratings=_ratings(params))
+                  valid=next_item_task(load_split_data(params), "valid"), ratings=_ratings(params),
+                  neighbour_grid=params.model.item_neighbours.weight_grid)
     warmed = {n: p for n, p in built.model.named_parameters()
               if n.startswith(("fusion.", "item_head.", "user_head.history_mlp.", "user_head.history_reader.",
                                "rating_estimator."))}
+    warmed |= {n: b for n, b in built.model.named_buffers() if n == "neighbours.weight"}  # β chosen after the warm-up
+    assert ("neighbours.weight" in warmed) == bool(neighbours)
     # ... and the running statistics in front of them (frozen too: `freeze_warmed_statistics`)
     warmed |= {n: b for n, b in built.model.named_buffers()
                if n.startswith(("user_head.history_standardise.", "item_head.standardise."))}
@@ -138,11 +153,13 @@ def test_lora_training_keeps_the_warmed_modules_at_lr_scale_zero(model_params, t
     assert trained["user_head.mlp.2.weight"].abs().sum() > 0
 
 
-def test_warmup_early_stopping_keeps_the_best_validation_state(model_params) -> None:
-    """eval_every: the validation curve is measured, the best state is restored and reproduces its figure."""
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_warmup_early_stopping_keeps_the_best_validation_state(model_params, ema_decay: float) -> None:
+    """eval_every: the validation curve is measured, the best state is restored and reproduces its figure
+    (with `ema_decay`: the averaged weights are what is measured and kept)."""
     params = model_params({"train.collab_warmup.steps": 24, "train.collab_warmup.batch_size": 16,
                            "train.collab_warmup.lr": 0.01, "train.collab_warmup.eval_every": 3,
-                           "train.collab_warmup.patience": 2})
+                           "train.collab_warmup.patience": 2, "train.collab_warmup.ema_decay": ema_decay})
     model = build_model(params).model
     valid = next_item_task(load_split_data(params), "valid")
     report = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, log_every=3, valid=valid,
@@ -180,3 +197,62 @@ def test_weight_decay_shrinks_only_the_per_item_tables(model_params) -> None:
     # outside the tables: no decay (500 × the summed learning rates of 6 warm-up steps would shrink it ~0.4×)
     mlp = "fusion.output_mlp.0.weight"
     assert after[mlp].norm() > 0.9 * before[mlp].norm()
+
+
+def test_ema_keeps_the_hand_computed_average_of_the_raw_trajectory(model_params) -> None:
+    """`collab_warmup.ema_decay` d: training follows the same raw weights w_1..w_T as without it, and the kept
+    weights are a_T with a_0 = w_0, a_t = a_{t-1} + (1 - min(d, t/(9+t))) (w_t - a_{t-1})."""
+    decay, runs = 0.5, {}
+    for ema in (0.0, decay):
+        params = model_params({"train.collab_warmup.steps": 5, "train.collab_warmup.batch_size": 8,
+                               "train.collab_warmup.eval_every": 0, "train.collab_warmup.ema_decay": ema})
+        model = build_model(params).model
+        fitted = {id(p) for p in warmup_parameters(model, with_prior=True)}
+        names = [n for n, p in model.named_parameters() if id(p) in fitted]
+        trajectory = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+        hook = register_optimizer_step_post_hook(
+            lambda *_: trajectory.append({n: p.detach().clone() for n, p in model.named_parameters()}))
+        try:
+            collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, ratings=_ratings(params))
+        finally:
+            hook.remove()
+        runs[ema] = (trajectory, {n: p.detach().clone() for n, p in model.named_parameters()}, names)
+    raw, kept_raw, names = runs[0.0]
+    trajectory, kept, _ = runs[decay]
+    assert len(trajectory) == 6
+    for n in names:
+        torch.testing.assert_close(trajectory[-1][n], raw[-1][n], rtol=0, atol=0)  # the average never feeds back
+        torch.testing.assert_close(kept_raw[n], raw[-1][n], rtol=0, atol=0)  # off: the last raw weights
+        average = trajectory[0][n].clone()
+        for t in range(1, 6):
+            average += (1 - min(decay, t / (9 + t))) * (trajectory[t][n] - average)
+        torch.testing.assert_close(kept[n], average, rtol=1e-5, atol=1e-6)
+    changed = [n for n in names if not torch.equal(kept[n], raw[-1][n])]
+    assert changed and "fusion.id_embedding.weight" in changed
+
+
+def test_neighbour_term_is_left_out_of_the_fit_and_its_weight_chosen_on_validation(model_params) -> None:
+    """`model.item_neighbours`: the warm-up fits the neural path exactly as without the term (β = 0 while fitting:
+    the targets are in the factors), then sets β to the grid value with the best validation NDCG@10 of the
+    history path (ties to the smaller), which the kept model reproduces."""
+    states, reports = {}, {}
+    for window in (0, 3):
+        params = model_params({"train.collab_warmup.steps": 6, "train.collab_warmup.batch_size": 8,
+                               "train.collab_warmup.eval_every": 3, "model.item_neighbours.window": window,
+                               "model.item_neighbours.weight_grid": [0.0, 0.5, 2.0, 50.0]})
+        model = build_model(params).model
+        valid = next_item_task(load_split_data(params), "valid")
+        reports[window] = collab_warmup(model, _sequences(params), params.train.collab_warmup, seed=3, valid=valid,
+                                        ratings=_ratings(params), neighbour_grid=params.model.item_neighbours.weight_grid)
+        states[window] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[3][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert reports[0].neighbour_weight is None and reports[0].neighbour_curve == []
+    curve = reports[3].neighbour_curve
+    assert [w for w, _ in curve] == [0.0, 0.5, 2.0, 50.0]
+    assert curve[0][1] == pytest.approx(max(v for _, v in reports[0].valid_curve), abs=1e-4)  # β = 0: the neural path
+    best = max(v for _, v in curve)
+    assert reports[3].neighbour_weight == min(w for w, v in curve if v == best)
+    assert float(model.neighbours.weight) == reports[3].neighbour_weight
+    again = evaluate_scorer(HistoryPathScorer(model), valid, ks=(10,), batch_size=512)["ndcg@10"]
+    assert again == pytest.approx(best, abs=1e-6)

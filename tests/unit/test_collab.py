@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.collab import collaborative_vectors, cooccurrence, ppmi
+from components.collab import collaborative_vectors, cooccurrence, neighbour_factors, ppmi
 
 
 def _train(sequences: dict[int, list[int]]) -> pd.DataFrame:
@@ -66,3 +66,27 @@ def test_vectors_are_deterministic_and_capture_co_occurrence():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="dim and window"):
         collaborative_vectors(_train({0: [0, 1]}), n_items=2, dim=0, window=1, seed=0)
+
+
+def test_neighbour_factors_give_the_item_cosine_over_users_at_full_rank():
+    """f_i · f_j = |U_i ∩ U_j| / sqrt(|U_i| |U_j|), hand-computed on 3 users × 4 items (item 3 has no users);
+    a repeated (user, item) pair counts once."""
+    train = pd.DataFrame({"user_idx": [0, 0, 0, 1, 1, 2, 2, 2], "item_idx": [0, 1, 1, 1, 2, 0, 1, 2]})
+    f = neighbour_factors(train, n_items=4, rank=8, seed=0)
+    assert f.shape == (4, 8) and f.dtype == np.float32
+    # users of item 0: {0, 2}; item 1: {0, 1, 2}; item 2: {1, 2}
+    expected = np.array([[1, 2 / np.sqrt(6), 1 / 2, 0],
+                         [2 / np.sqrt(6), 1, 2 / np.sqrt(6), 0],
+                         [1 / 2, 2 / np.sqrt(6), 1, 0],
+                         [0, 0, 0, 0]])
+    np.testing.assert_allclose(f @ f.T, expected, atol=1e-5)
+    assert (f[3] == 0).all() and (f[:, 3:] == 0).all()  # rank ≤ min(users, items) = 3
+    np.testing.assert_array_equal(neighbour_factors(train, 4, 8, seed=0), f)
+
+
+def test_neighbour_factors_refuse_bad_input():
+    train = pd.DataFrame({"user_idx": [0], "item_idx": [5]})
+    with pytest.raises(ValueError, match="outside"):
+        neighbour_factors(train, n_items=3, rank=2, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        neighbour_factors(train, n_items=9, rank=0, seed=0)

@@ -61,3 +61,16 @@ def test_generic_format_requires_a_path() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_item_neighbours_settings_are_checked() -> None:
+    with pytest.raises(ParamsError, match=r"item_neighbours\.weight_grid"):
+        load_params(REPO / "params.yaml", {"model.item_neighbours.weight_grid": [0.5, -1.0]})
+    with pytest.raises(ParamsError, match="embed_items.neighbours.enabled"):
+        load_params(REPO / "params.yaml", {"model.item_neighbours.window": 5, "embed_items.neighbours.enabled": False})
+    with pytest.raises(ParamsError, match="history_skip_items"):
+        load_params(REPO / "params.yaml", {"model.item_neighbours.window": 5, "model.history_skip_items": 0,
+                                           "model.verbaliser_prior": False, "model.rating_prior_window": 0,
+                                           "train.hidden_gate.grid": []})
+    grid = load_params(REPO / "params.yaml", {"model.item_neighbours.weight_grid": [2.0, 0.0, 1.0]})
+    assert grid.model.item_neighbours.weight_grid == [0.0, 1.0, 2.0]
