@@ -205,14 +205,12 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
     id_map[["raw_id", "idx"]].to_parquet(tmp / "id_map.parquet", index=False)
     for name, arr in extras.items():
         np.save(tmp / f"{name}.npy", arr)
+    train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
+                            columns=["user_idx", "item_idx", "order"]) if cfg.collab.enabled or cfg.neighbours.enabled else None
     if cfg.collab.enabled:
-        train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
-                                columns=["user_idx", "item_idx", "order"])
         extras[COLLAB_MODALITY] = collaborative_vectors(train, n, cfg.collab.dim, cfg.collab.window, params.seed)
         np.save(tmp / f"{COLLAB_MODALITY}.npy", extras[COLLAB_MODALITY])
     if cfg.neighbours.enabled:
-        train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet",
-                                columns=["user_idx", "item_idx"])
         factors = neighbour_factors(train, n, cfg.neighbours.rank, params.seed)
         np.save(tmp / f"{NEIGHBOURS_FILE}.npy", factors)
         log.info("item-neighbourhood factors %dx%d", *factors.shape)

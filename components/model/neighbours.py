@@ -14,7 +14,7 @@ sides stay vectors, so retrieval is still ONE inner-product search: the user vec
 β is NOT learned by gradient: the factors come from the training interactions, so on a training target
 the similarity counts the user's own co-occurrence (measured: with β learned in the warm-up, validation
 NDCG@10 peaked at step 100 and fell, and cold-start HR@10 dropped from ~0.40 to 0.12 as the neural part
-stopped learning). The warm-up fits the neural path with β = 0 and then picks β on the validation
+stopped learning). The warm-up fits the neural path without the term and then picks β on the validation
 rows, where the target is not in the factors (`model.item_neighbours.weight_grid`). The factors follow the ID's mask, as the other
 behavioural modalities do: items without training interactions have zero rows, and an item that enters
 content-only (a cold-start prompt's history, a dropped ID) adds nothing and scores nothing here.

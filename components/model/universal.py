@@ -16,6 +16,9 @@ next-token NLL for text/infill.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -153,6 +156,17 @@ class UniversalRecModel(nn.Module):
             return out
         block = self.neighbours.user_block(known, item_rows, item_cols, n_rows, read_rows, read_cols)
         return torch.cat([out, block.to(out.dtype)], dim=-1)
+
+    @contextmanager
+    def without_neighbours(self) -> Iterator[ItemNeighbours | None]:
+        """Within the block, the model has no item-neighbourhood term (`neighbours` None, the head passes nothing
+        through): vectors are `(…, D [+ 1])` as without `model.item_neighbours`. Yields the detached term."""
+        held, passthrough = self.neighbours, self.user_head.passthrough
+        self.neighbours, self.user_head.passthrough = None, 0
+        try:
+            yield held
+        finally:
+            self.neighbours, self.user_head.passthrough = held, passthrough
 
     def known_ids(self, ids: Tensor, drop_id: Tensor | None = None) -> Tensor:
         """`ids` `(P,)` with -1 where the item has no trained ID or enters content-only (`drop_id` `(P,)`): what the

@@ -214,15 +214,19 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
 
     With `cfg.eval_every > 0`, `valid` (the validation next-item rows) drives early stopping (module docstring).
     `ratings` (aligned with `sequences`, nan = unrated) feed the rating estimate when `cfg.rating_weight > 0`.
-    With the item-neighbourhood term (`model.neighbours`) the neural path is fitted with β = 0 and β is then
-    chosen on `valid` from `neighbour_grid` (`model.item_neighbours.weight_grid`; empty or None: β is kept).
+    With the item-neighbourhood term (`model.neighbours`) the neural path is fitted without it
+    (`UniversalRecModel.without_neighbours`) and β is then chosen on `valid` from `neighbour_grid`
+    (`model.item_neighbours.weight_grid`; empty or None: β is kept).
     """
-    held_weight = None
     if model.neighbours is not None:
         if neighbour_grid and valid is None:
             raise ValueError("model.item_neighbours.weight_grid needs the validation rows (valid)")
-        held_weight = float(model.neighbours.weight)
-        model.neighbours.weight.zero_()  # the targets are in the factors: no neighbour term while fitting
+        with model.without_neighbours():  # the targets are in the factors: the neural path is fitted without them
+            report = collab_warmup(model, sequences, cfg, seed, log_every, valid, ratings)
+        if neighbour_grid:
+            report.neighbour_curve = choose_neighbour_weight(model, neighbour_grid, valid)  # type: ignore[arg-type]
+        report.neighbour_weight = float(model.neighbours.weight)
+        return report
     if cfg.eval_every and valid is None:
         raise ValueError("train.collab_warmup.eval_every > 0 needs the validation rows (valid)")
     if cfg.rating_weight and ratings is None:
@@ -285,18 +289,11 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
         model.load_state_dict(best[2], strict=False)
     elif average is not None:
         _swap(params, average)
-    neighbour_curve = []
-    if held_weight is not None:
-        model.neighbours.weight.fill_(held_weight)
-        if neighbour_grid:
-            neighbour_curve = choose_neighbour_weight(model, neighbour_grid, valid)  # type: ignore[arg-type]
     model.user_head.silence_hidden_path()
     seconds = time.perf_counter() - start
     first = points[0][1] if points else float("nan")
     report = WarmupReport(steps=step + 1 if cfg.steps else 0, batch_size=cfg.batch_size, seconds=seconds,
                           targets=total_targets, first_loss=first, last_loss=points[-1][1] if points else float("nan"),
-                          curve=points, valid_curve=valid_curve, best_step=best[1] if best else None,
-                          neighbour_curve=neighbour_curve,
-                          neighbour_weight=None if held_weight is None else float(model.neighbours.weight))
+                          curve=points, valid_curve=valid_curve, best_step=best[1] if best else None)
     log.info(report.summary())
     return report
