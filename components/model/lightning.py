@@ -18,8 +18,10 @@ from components.model.prompting import EncodedExample
 from components.model.universal import UniversalRecModel
 from components.model.warmup import lr_factor, warmup_parameters
 
-LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standardise.", "item_head.standardise.")
-"""Buffers that training changes (the heads' running statistics): checkpointed with the trainable tensors."""
+LEARNED_BUFFER_PREFIXES = ("user_head.standardise.", "user_head.history_standardise.", "item_head.standardise.",
+                           "neighbours.weight")
+"""Buffers that training changes (the heads' running statistics; the item-neighbourhood β the warm-up chose, which
+a resumed run does not re-choose): checkpointed with the trainable tensors."""
 
 
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -37,9 +37,11 @@ def test_answer_item_and_slot_follow_the_target_wherever_the_template_puts_it(mo
 
 @pytest.mark.parametrize("kind", ["mean", "attention"])
 def test_answer_scores_read_the_history_without_the_asked_item(model_params, kind: str) -> None:
-    params = model_params({"model.history_encoder.kind": kind})
+    params = model_params({"model.history_encoder.kind": kind, "model.item_neighbours.window": 3,
+                           "model.item_neighbours.weight": 1.5})
     built = build_model(params)
     model = built.model.eval()
+    nb = model.neighbours
     examples = _examples(built, params, "ctr")
     batch = collate(examples, built.backbone.tokenizer.pad_token_id)
     rows = torch.arange(batch.answer_rows.numel())
@@ -56,7 +58,12 @@ def test_answer_scores_read_the_history_without_the_asked_item(model_params, kin
             else:  # the reader over this row alone, read after its last item
                 summary = model.user_head.history_reader(fused, torch.zeros(n, dtype=torch.long), torch.arange(n), 1,
                                                          torch.tensor([0]), torch.tensor([n]))
-            user = model.user_head.history_vectors(summary)[0]
+            # + β Σ_r decay^r f(h_r) over the 3 most recent other items (those with a trained ID)
+            recent = history_ids[::-1][:3]
+            block = 1.5 * sum((nb.decay ** r * nb.factors[i] * float(model.fusion.id_known[i])
+                               for r, i in enumerate(recent)), torch.zeros(nb.dim))
+            assert len(recent) < 2 or block.abs().sum() > 0
+            user = model.user_head.history_vectors(torch.cat([summary, block.unsqueeze(0)], dim=-1))[0]
         expected = float(user @ items[ex.answer_item])
         assert abs(float(scores[a]) - expected) < 1e-4, (a, float(scores[a]), expected)
 
