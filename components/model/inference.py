@@ -20,12 +20,17 @@ from components.model.universal import UniversalRecModel
 
 @torch.no_grad()
 def user_queries(model: UniversalRecModel, batch: Batch) -> np.ndarray:
-    """`(S, M, D)` float32 user vectors of the set-out rows of `batch` (eval mode, no dropout)."""
-    was_training = model.training
+    """`(S, M, D)` float32 user vectors of the set-out rows of `batch` (eval mode, no dropout).
+
+    A model already in eval mode (serving, evaluation, the benchmark) is not toggled: `train()` / `eval()`
+    walk the whole PEFT-wrapped module tree (510 modules): measured 7.0 ms per pair, ~9 % of a one-user set-out."""
+    if not model.training:
+        return model.user_vectors(model.hidden_states(batch), batch).float().cpu().numpy()
     model.eval()
-    vectors = model.user_vectors(model.hidden_states(batch), batch).float().cpu().numpy()
-    model.train(was_training)
-    return vectors
+    try:
+        return model.user_vectors(model.hidden_states(batch), batch).float().cpu().numpy()
+    finally:
+        model.train()
 
 
 @torch.no_grad()
