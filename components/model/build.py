@@ -26,6 +26,7 @@ from components.config import Params
 from components.model.backbone import Backbone, load_backbone
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
+from components.model.modes import eval_mode
 from components.model.neighbours import ItemNeighbours
 from components.model.prompting import PromptSpec, make_spec
 from components.model.rating import RatingEstimator
@@ -150,11 +151,8 @@ def save_artifacts(built: Built, params: Params, out_dir: Path) -> dict[str, str
         model.causal_lm().save_pretrained(out_dir / "backbone_full")
         files["backbone_full"] = str(out_dir / "backbone_full")
     save_file(module_state(model), files["modules"])
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         np.save(files["item_vectors"], model.item_vectors().float().cpu().numpy())
-    model.train(was_training)
     meta = {"backbone": built.backbone.name, "source": built.backbone.source, "layers": built.backbone.num_layers,
             "special_ids": built.backbone.special_ids, "lora": params.lora.model_dump(),
             "n_items": model.n_items, "retrieval_dim": params.model.retrieval_dim}

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from components.baselines.common import NextItemTask, evaluate_scorer
+from components.model.modes import eval_mode
 from components.model.universal import UniversalRecModel
 
 log = logging.getLogger(__name__)
@@ -26,18 +27,16 @@ class HistoryPathScorer:
     def score_users(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         model = self.model
         window = model.user_head.history_reader.context
-        was_training = model.training
-        model.eval()
-        recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
-        ids = torch.from_numpy(np.concatenate(recent)) if recent else torch.empty(0, dtype=torch.long)
-        fused = model.fusion(ids).float()  # (P, H)
-        rows = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
-        cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
-        last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
-        history = model.history_summary(fused, ids, rows, cols, len(recent), torch.arange(len(recent)), last)
-        users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
-        scores = users @ model.item_vectors().float().T  # (U, N)
-        model.train(was_training)
+        with eval_mode(model):
+            recent = [np.asarray(h[-window:], dtype=np.int64) for h in histories]
+            ids = torch.from_numpy(np.concatenate(recent)) if recent else torch.empty(0, dtype=torch.long)
+            fused = model.fusion(ids).float()  # (P, H)
+            rows = torch.from_numpy(np.repeat(np.arange(len(recent)), [len(r) for r in recent]))
+            cols = torch.from_numpy(np.concatenate([np.arange(len(r)) for r in recent])) if recent else rows
+            last = torch.full((len(recent),), window, dtype=torch.long)  # read after every item of the row
+            history = model.history_summary(fused, ids, rows, cols, len(recent), torch.arange(len(recent)), last)
+            users = model.user_head.history_vectors(history).float()  # (U, D [+ 1])
+            scores = users @ model.item_vectors().float().T  # (U, N)
         return scores.numpy()
 
 
