@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/warmup_curve.py [--scores=FILE.npz] [--explore-neighbours] [dotted.param=value ...]
+    python scripts/warmup_curve.py [--scores=FILE.npz] [--explore-neighbours] [--explore-factors] [dotted.param=value ...]
     python scripts/warmup_curve.py train.collab_warmup.eval_every=50 train.collab_warmup.patience=100
 
 Builds the model from params.yaml (plus the overrides), runs `components.model.warmup.collab_warmup` with
@@ -13,6 +13,10 @@ cold-start HR@10 / NDCG@10 among the cold items (each user's earlier cold items 
 evaluate` ranks them; history items with their IDs, and content-only as cold-start prompts give them), and
 with `model.rating_prior_window > 0` the test RMSE of the rating estimate r̂ and of the rating verbaliser's
 prior alone (expected rating, LM logits left out) on every test prompt of template `rating/seen-1`.
+`--explore-factors`: after the warm-up, the neighbourhood term's factors recomputed at SVD ranks 128 / 256 / 512 /
+943 (943 = exact cosine here) and the item side scaled by (training users of the item)^γ, γ 0 / 0.15 / 0.3 / 0.5
+(a popularity-weighted item-kNN; scaled to mean 1 over the items with users); β chosen on validation for every
+cell as the warm-up does, validation and test NDCG@10 / HR@10 printed.
 Needs `dvc repro embed_items` first.
 """
 
@@ -29,12 +33,13 @@ import torch
 import yaml
 
 from components.baselines.common import NextItemTask, evaluate_scorer, load_split_data, next_item_task
-from components.collab import user_sequences
+from components.collab import neighbour_factors, user_sequences
 from components.config import load_params
 from components.model.batching import collate
 from components.model.build import build_model
 from components.model.data import encode_frames
 from components.model.verbalizer import rating_expectation
+from components.model.history_scoring import choose_neighbour_weight
 from components.model.warmup import HistoryPathScorer, collab_warmup
 
 
@@ -109,11 +114,45 @@ def explore_neighbours(model, valid: NextItemTask, test: NextItemTask) -> list[d
     return rows
 
 
+@torch.no_grad()
+def explore_factors(params, model, frame: pd.DataFrame, n_items: int, valid: NextItemTask,
+                    test: NextItemTask) -> list[dict[str, float]]:
+    """Validation and test NDCG@10 / HR@10 of the kept history path with the neighbourhood factors at other SVD
+    ranks and a popularity exponent γ on the item side (β chosen on validation per cell; the model is restored)."""
+    nb, head, scorer, rows = model.neighbours, model.user_head, HistoryPathScorer(model), []
+    kept = (nb.factors, head.passthrough, float(nb.weight))
+    pairs = frame[["user_idx", "item_idx"]].drop_duplicates()
+    counts = torch.from_numpy(np.bincount(pairs["item_idx"].to_numpy(), minlength=n_items).astype(np.float32))
+    grid = params.model.item_neighbours.weight_grid
+    try:
+        for rank in (128, 256, 512, 943):
+            factors = torch.from_numpy(neighbour_factors(frame, n_items, rank, params.seed))
+            nb.factors, head.passthrough = factors, rank
+            for gamma in (0.0, 0.15, 0.3, 0.5):
+                scale = torch.where(counts > 0, counts.clamp(min=1).pow(gamma), 0.0)
+                scale = scale / scale[counts > 0].mean()
+                items = factors * scale.unsqueeze(1)
+                nb.item_block = lambda ids, use_id, t=items: torch.where(use_id.unsqueeze(-1), t[ids], 0.0)
+                curve = choose_neighbour_weight(model, grid, valid)
+                v = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)
+                t = evaluate_scorer(scorer, test, ks=(10,), batch_size=512)
+                rows.append({"rank": rank, "gamma": gamma, "beta": float(nb.weight),
+                             **{f"valid_{k}": round(x, 4) for k, x in v.items()},
+                             **{f"test_{k}": round(x, 4) for k, x in t.items()}})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        nb.__dict__.pop("item_block", None)
+        nb.factors, head.passthrough = kept[:2]
+        nb.weight.fill_(kept[2])
+    return rows
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the per-evaluation lines
     scores_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--scores=")), None)
     explore = "--explore-neighbours" in argv
-    argv = [a for a in argv if not a.startswith("--scores=") and a != "--explore-neighbours"]
+    explore_f = "--explore-factors" in argv
+    argv = [a for a in argv if not a.startswith("--scores=") and a not in ("--explore-neighbours", "--explore-factors")]
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in argv)}
     params = load_params("params.yaml", overrides)
     if params.train.num_threads:
@@ -142,8 +181,10 @@ def main(argv: list[str]) -> None:
     cold_content = evaluate_scorer(_ContentOnly(built.model), cold, ks=(10,), batch_size=512)
     rating = rating_rmse(params, built) if built.model.rating_estimator is not None else None
     grid = explore_neighbours(built.model, valid, test) if explore and built.model.neighbours is not None else None
+    factors = explore_factors(params, built.model, frame, data.n_items, valid, test) \
+        if explore_f and built.model.neighbours is not None else None
     print(json.dumps({"overrides": overrides, "steps": report.steps, "best_step": report.best_step,
-                      "neighbour_explore": grid,
+                      "neighbour_explore": grid, "factor_explore": factors,
                       "rating_test_rmse": rating,
                       "seconds": round(time.perf_counter() - start),
                       "test": {k: round(v, 4) for k, v in test_metrics.items()},
