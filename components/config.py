@@ -457,6 +457,7 @@ class TrainParams(_Strict):
 class MlflowParams(_Strict):
     tracking_uri: str
     experiment: str | None = None
+    artifact_root: str = "mlruns"
 
 
 class BenchmarkParams(_Strict):
@@ -672,6 +673,15 @@ class Params(_Strict):
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             return f"sqlite:///{(self.root / uri[len('sqlite:///'):]).resolve()}"
         return uri
+
+    def artifact_location(self) -> str | None:
+        """Artifact root of an experiment this project creates: `mlflow.artifact_root` anchored at `root` (a
+        file URI) for a local sqlite store, None (the tracking server decides) otherwise. Without it MLflow puts
+        artifacts under `./mlruns` of whatever the working directory is."""
+        if not self.mlflow.tracking_uri.startswith("sqlite:"):
+            return None
+        root = self.mlflow.artifact_root
+        return root if "://" in root else self.resolve(root).resolve().as_uri()
 
     def experiment_name(self) -> str:
         return self.mlflow.experiment or self.dataset.name

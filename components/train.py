@@ -129,7 +129,8 @@ def _mlflow_logger(params: Params, ckpt_dir: Path) -> MLFlowLogger:
     run_file = ckpt_dir / "mlflow_run_id.txt"
     run_id = run_file.read_text().strip() if run_file.is_file() and params.train.resume else None
     logger = MLFlowLogger(experiment_name=params.experiment_name(), tracking_uri=params.tracking_uri(),
-                          run_name="train", run_id=run_id, log_model=False)
+                          run_name="train", run_id=run_id, log_model=False,
+                          artifact_location=params.artifact_location())
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(logger.run_id + "\n")
     return logger

@@ -84,7 +84,7 @@ def open_run(params: Params) -> tuple[MlflowClient, str, bool]:
         return client, run_id, False
     name = params.experiment_name()
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, params.artifact_location())
     run = client.create_run(experiment_id, run_name="evaluate", tags={"unirec.step": "evaluate"})
     return client, run.info.run_id, True
 

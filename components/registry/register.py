@@ -147,7 +147,7 @@ def _find_run(params: Params, client: MlflowClient, payload: dict[str, Any] | No
 def _new_run(params: Params, client: MlflowClient) -> str:
     name = params.experiment_name()
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, params.artifact_location())
     run_id = client.create_run(experiment_id, run_name="register", tags={"unirec.step": "register"}).info.run_id
     client.set_terminated(run_id)
     return run_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -206,6 +207,20 @@ def test_retrieval_learning_curve_is_measured_and_written(model_params) -> None:
         assert set(point) - {"step", "seconds"} == set(params.train.curve_templates)
         for figures in (v for k, v in point.items() if k not in ("step", "seconds")):
             assert 0.0 <= figures["ndcg@10"] <= figures["hr@10"] <= 1.0
+
+
+def test_run_artifacts_stay_in_the_project_not_the_working_directory(model_params, tmp_path, monkeypatch) -> None:
+    """mlflow.artifact_root is anchored at the params folder: training from another directory writes no ./mlruns."""
+    params = model_params({"train.max_steps": 1, "train.resume": False, "mlflow.experiment": "artifact-root-check"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    report = train(params)
+    client = mlflow.MlflowClient(tracking_uri=params.tracking_uri())
+    experiment = client.get_experiment_by_name("artifact-root-check")
+    assert experiment.artifact_location == (params.root / "mlruns").resolve().as_uri()
+    assert client.get_run(report.mlflow_run_id).info.artifact_uri.startswith(experiment.artifact_location + "/")
+    assert not (elsewhere / "mlruns").exists()
 
 
 class _RecordTrainable(L.Callback):

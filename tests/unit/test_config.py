@@ -74,3 +74,11 @@ def test_item_neighbours_settings_are_checked() -> None:
                                            "train.hidden_gate.grid": []})
     grid = load_params(REPO / "params.yaml", {"model.item_neighbours.weight_grid": [2.0, 0.0, 1.0]})
     assert grid.model.item_neighbours.weight_grid == [0.0, 1.0, 2.0]
+
+
+def test_artifact_location_is_anchored_at_the_params_folder() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.artifact_location() == (params.root / "mlruns").resolve().as_uri()
+    assert load_params(REPO / "params.yaml", {"mlflow.artifact_root": "s3://bucket/runs"}).artifact_location() \
+        == "s3://bucket/runs"
+    assert load_params(REPO / "params.yaml", {"mlflow.tracking_uri": "http://127.0.0.1:5000"}).artifact_location() is None
