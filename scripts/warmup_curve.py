@@ -133,7 +133,7 @@ def explore_factors(params, model, frame: pd.DataFrame, n_items: int, valid: Nex
                 scale = scale / scale[counts > 0].mean()
                 items = factors * scale.unsqueeze(1)
                 nb.item_block = lambda ids, use_id, t=items: torch.where(use_id.unsqueeze(-1), t[ids], 0.0)
-                curve = choose_neighbour_weight(model, grid, valid)
+                choose_neighbour_weight(model, grid, valid)
                 v = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)
                 t = evaluate_scorer(scorer, test, ks=(10,), batch_size=512)
                 rows.append({"rank": rank, "gamma": gamma, "beta": float(nb.weight),

@@ -76,16 +76,20 @@ def training_run_id(params: Params, client: MlflowClient) -> str | None:
     return None
 
 
+def experiment_id(params: Params, client: MlflowClient) -> str:
+    """The id of experiment `params.experiment_name()`, created (at `params.artifact_location()`) if missing."""
+    experiment = client.get_experiment_by_name(params.experiment_name())
+    return experiment.experiment_id if experiment else \
+        client.create_experiment(params.experiment_name(), params.artifact_location())
+
+
 def open_run(params: Params) -> tuple[MlflowClient, str, bool]:
     """(client, run id, created): the training run if known, else a new run named "evaluate"."""
     client = MlflowClient(tracking_uri=params.tracking_uri())
     run_id = training_run_id(params, client)
     if run_id is not None:
         return client, run_id, False
-    name = params.experiment_name()
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, params.artifact_location())
-    run = client.create_run(experiment_id, run_name="evaluate", tags={"unirec.step": "evaluate"})
+    run = client.create_run(experiment_id(params, client), run_name="evaluate", tags={"unirec.step": "evaluate"})
     return client, run.info.run_id, True
 
 

@@ -36,7 +36,7 @@ from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from components.config import Params
-from components.evaluation.tracking import flatten_metrics, training_run_id
+from components.evaluation.tracking import experiment_id, flatten_metrics, training_run_id
 from components.registry.bundle import build_bundle, fingerprint
 from components.registry.pyfunc_model import BUNDLE_ARTIFACT
 from components.registry.store import (FINGERPRINT_TAG, RegistryError, client_for, figure_tag, find_version,
@@ -145,10 +145,8 @@ def _find_run(params: Params, client: MlflowClient, payload: dict[str, Any] | No
 
 
 def _new_run(params: Params, client: MlflowClient) -> str:
-    name = params.experiment_name()
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, params.artifact_location())
-    run_id = client.create_run(experiment_id, run_name="register", tags={"unirec.step": "register"}).info.run_id
+    run_id = client.create_run(experiment_id(params, client), run_name="register",
+                               tags={"unirec.step": "register"}).info.run_id
     client.set_terminated(run_id)
     return run_id
 
