@@ -20,18 +20,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.model.batching import Batch
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
 from components.model.index import score_candidate_lists
-from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
 from components.model.neighbours import ItemNeighbours
-from components.model.prompting import VERBALISED_TASKS
+from components.model.objective import task_losses
 from components.model.rating import RatingEstimator
-from components.model.verbalizer import VerbaliserPrior, verbalizer_logits, verbalizer_loss
+from components.model.verbalizer import VerbaliserPrior, verbalizer_logits
 
 
 class UniversalRecModel(nn.Module):
@@ -245,88 +243,15 @@ class UniversalRecModel(nn.Module):
             raise ValueError("answer_scores reads the history path: set model.history_skip_items > 0")
         history = self.recent_history(batch, fused, batch.answer_rows[rows], batch.answer_cols[rows])  # (A, E)
         users = self.user_head.history_vectors(history).float()  # (A, D [+ 1])
-        items = self._output_vectors(batch.answer_items[rows]).float()  # (A, D [+ 1])
+        items = self.output_vectors(batch.answer_items[rows]).float()  # (A, D [+ 1])
         return (users * items).sum(-1)
 
     # ------------------------------------------------------------------ training
     def losses(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Per-task losses `{task: scalar}` of one batch (sum them for the step loss)."""
-        hidden, fused = self.encode(batch)
-        row_task = [batch.tasks[int(t)] for t in batch.task_ids]
-        out: dict[str, Tensor] = {}
-        if batch.user_rows.numel():
-            self._retrieval_losses(hidden, fused, batch, row_task, generator, out)
-        if batch.answer_rows.numel():
-            answer_task = [row_task[int(r)] for r in batch.answer_rows]
-            for task in VERBALISED_TASKS:
-                sel = torch.tensor([t == task for t in answer_task], device=hidden.device)
-                if sel.any():
-                    rows = sel.nonzero().squeeze(1)
-                    logits = self.answer_logits(hidden, batch, task, rows, fused)
-                    out[task] = verbalizer_loss(logits, batch.answer_index[rows])
-        if batch.label_rows.numel():
-            label_task = [row_task[int(r)] for r in batch.label_rows]
-            for task in sorted(set(label_task)):
-                sel = torch.tensor([t == task for t in label_task], device=hidden.device).nonzero().squeeze(1)
-                h = hidden[batch.label_rows[sel], batch.label_cols[sel]]  # (L, H) only label positions
-                logits = self.lm_head()(h).float()  # (L, V)
-                out[task] = F.cross_entropy(logits, batch.labels[sel])
-        return out
+        """Per-task losses `{task: scalar}` of one batch, summed for the step loss (components/model/objective.py)."""
+        return task_losses(self, batch, generator)
 
-    def _retrieval_losses(self, hidden: Tensor, fused: Tensor, batch: Batch, row_task: list[str],
-                          generator: torch.Generator | None, out: dict[str, Tensor]) -> None:
-        # one user_head call over the [UM] and the dense slots: the head's running statistics see
-        # both read-outs in the same proportions every step
-        um_hidden = self.user_token_states(hidden, batch)  # (S, M, H)
-        s, m = um_hidden.shape[:2]
-        read = torch.cat([um_hidden.reshape(s * m, -1), hidden[batch.dense_rows, batch.dense_cols]])
-        history = self.recent_history(batch, fused, torch.cat([batch.user_rows.repeat_interleave(m), batch.dense_rows]),
-                                      torch.cat([batch.user_cols[:, 0].repeat_interleave(m), batch.dense_cols]))
-        vectors = self.user_head(read, history)  # (S*M + Q, D)
-        users, dense_users = vectors[: s * m].reshape(s, m, -1), vectors[s * m:].unsqueeze(1)  # (S, M, D), (Q, 1, D)
-        set_task = [row_task[int(r)] for r in batch.user_rows]
-        is_choice = torch.tensor([t == "candidate_choice" for t in set_task], device=hidden.device)
-        if is_choice.any():
-            rows = is_choice.nonzero().squeeze(1)
-            cands = batch.candidates[rows]  # (Sc, C)
-            uniq, inverse = torch.unique(cands, return_inverse=True)
-            vecs = self._output_vectors(uniq)[inverse.reshape(-1)].reshape(*cands.shape, -1)  # (Sc, C, D)
-            scores = torch.einsum("smd,scd->smc", users[rows].float(), vecs.float()).amax(1) / self.temperature
-            target = (cands == batch.positives[rows].unsqueeze(1)).float().argmax(1)
-            out["candidate_choice"] = F.cross_entropy(scores, target)
-        free = (~is_choice).nonzero().squeeze(1)
-        if free.numel() == 0:
-            return
-        free_task = [set_task[int(i)] for i in free]
-        pool: tuple[Tensor, Tensor, Tensor] | None = None
-        for task in sorted(set(free_task)):
-            sel = free[torch.tensor([t == task for t in free_task], device=hidden.device)]
-            if task == "cold_start":
-                cand_ids, cand_vecs, log_q = self._cold_candidates(batch.positive_sets[sel])
-            else:
-                pool = pool or self._candidates(torch.cat([batch.positive_sets[free].reshape(-1),
-                                                           batch.dense_targets]), generator)
-                cand_ids, cand_vecs, log_q = pool
-            loss = multi_positive_loss(users[sel], batch.positive_sets[sel], cand_ids, cand_vecs, log_q,
-                                       self.temperature)
-            if task == "next_item" and batch.dense_rows.numel():
-                dense_loss = sampled_softmax_loss(dense_users, batch.dense_targets, cand_ids, cand_vecs, log_q,
-                                                  self.temperature)
-                loss = (loss + dense_loss * batch.dense_rows.numel() / sel.numel()) / (
-                    1 + batch.dense_rows.numel() / sel.numel())
-            out[task] = loss
-
-    def _candidates(self, positives: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(ids `(C,)`, output vectors `(C, D)`, log q `(C,)`): the whole catalogue with `model.softmax: full`,
-        else in-batch positives + uniform negatives with log-Q correction."""
-        if self.full_softmax:  # every item is a candidate: the exact softmax (log q constant, so 0)
-            ids = torch.arange(self.n_items, device=positives.device)
-            log_q = torch.zeros(self.n_items, device=positives.device)
-        else:
-            ids, log_q = build_candidates(positives, self.n_items, self.num_negatives, generator, self.item_log_prob)
-        return ids, self._output_vectors(ids), log_q
-
-    def _output_vectors(self, ids: Tensor) -> Tensor:
+    def output_vectors(self, ids: Tensor) -> Tensor:
         """Output vectors `(C, D)` of `ids`. In training with `model.softmax: full` they are rows of ONE
         pass over the whole catalogue, so the item head's running statistics always see every item
         (scoring only a subset — a 20-item candidate list, the cold items — would shift them by task);
@@ -334,19 +259,6 @@ class UniversalRecModel(nn.Module):
         if self.full_softmax and self.training:
             return self.item_vectors()[ids]
         return self.item_vectors(ids)
-
-    def _cold_candidates(self, positive_sets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """cold_start: the exact softmax over the cold items (no training interactions) ∪ the positives —
-        the candidate set `unirec evaluate` ranks them in — every candidate CONTENT-ONLY (ID and collaborative
-        modalities dropped). A training positive is a warm item; with its ID it would stand out from the
-        content-only cold items by its modality alone, and the task would learn that instead of ranking by
-        content. Over the whole catalogue the task would teach the shared item bias that cold items are
-        likely, for every task (measured: next-item NDCG@10 fell below popularity in a mixed run)."""
-        cold = (~self.fusion.id_known).nonzero().squeeze(1)
-        ids = torch.unique(torch.cat([cold, positive_sets[positive_sets >= 0]]))
-        vectors = self.item_vectors(drop_id=True)[ids] if self.full_softmax and self.training else \
-            self.item_vectors(ids, drop_id=True)
-        return ids, vectors, torch.zeros(ids.numel(), device=ids.device)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -1,0 +1,172 @@
+"""Sections of training and the experts: collaborative warm-up, hidden gate, LoRA training, benchmark, baselines."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from components.config.base import GATED_TASKS, TASKS, _Strict
+from components.hardware import resolve_precision
+
+
+class CollabWarmupParams(_Strict):
+    steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    max_len: int = Field(default=50, ge=1)
+    lr: float = Field(default=0.002, gt=0.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    lr_scale: float = Field(default=0.0, ge=0.0)
+    eval_every: int = Field(default=0, ge=0)
+    patience: int = Field(default=4, ge=1)
+    content_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    rating_weight: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class HiddenGateParams(_Strict):
+    grid: list[float] = []
+    users: int = Field(default=100, ge=1)
+    tasks: list[str] = list(GATED_TASKS)
+
+    @field_validator("grid")
+    @classmethod
+    def _unit_interval(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= g <= 1.0 for g in v) or len(set(v)) != len(v):
+            raise ValueError(f"gates must be distinct values in [0, 1], got {v}")
+        return sorted(v)
+
+    @field_validator("tasks")
+    @classmethod
+    def _set_out_tasks(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in GATED_TASKS]
+        if unknown:
+            raise ValueError(f"{unknown}: only set-out tasks have a hidden-state gate ({list(GATED_TASKS)})")
+        return v
+
+
+class TrainParams(_Strict):
+    task_weights: dict[str, float]
+    collab_warmup: CollabWarmupParams = CollabWarmupParams()
+    hidden_gate: HiddenGateParams = HiddenGateParams()
+    batch_size: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    embedding_lr: float = Field(ge=0.0)
+    prior_lr: float = Field(default=0.02, gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_steps: int = Field(ge=0)
+    grad_clip: float = Field(ge=0.0)
+    max_prompt_tokens: int = Field(ge=8)
+    max_target_tokens: int = Field(ge=1)
+    accelerator: str
+    devices: int = Field(ge=1)
+    strategy: str
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    num_threads: int = Field(ge=0)
+    val_examples_per_task: int = Field(ge=0)
+    val_check_interval: int = Field(ge=1)
+    curve_every_n_steps: int = Field(default=0, ge=0)
+    curve_users: int = Field(default=200, ge=1)
+    curve_templates: list[str] = []
+    select_best: bool = False
+    checkpoint_every_n_steps: int = Field(ge=1)
+    resume: bool
+    log_every_n_steps: int = Field(ge=1)
+    out_dir: str
+    checkpoint_dir: str
+    seed_offset: int
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 with at least one > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _selection_needs_curve(self) -> "TrainParams":
+        if self.select_best and not (self.curve_every_n_steps and self.curve_templates):
+            raise ValueError("train.select_best needs the retrieval curve: set train.curve_every_n_steps > 0 "
+                             "and train.curve_templates")
+        return self
+
+    @field_validator("precision", mode="after")
+    @classmethod
+    def _resolve_precision(cls, v: str, info: ValidationInfo) -> str:
+        # `auto`: bf16-mixed only where bf16 is native (components/hardware.py); resolved once, here
+        return resolve_precision(v, str(info.data.get("accelerator", "cpu")))
+
+
+class BenchmarkParams(_Strict):
+    examples_per_task: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    warmup_steps: int = Field(ge=0)
+    naive_max_tokens: int = Field(ge=8)
+    retrieval_users: int = Field(ge=1)
+    retrieval_k: int = Field(ge=1)
+    retrieval_template: str
+    retrieval_warmup: int = Field(ge=0)
+    retrieval_max_new_tokens: int = Field(ge=2)
+
+
+class SasrecParams(_Strict):
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    inner_size: int = Field(ge=1)
+    hidden_dropout: float = Field(ge=0.0, lt=1.0)
+    attn_dropout: float = Field(ge=0.0, lt=1.0)
+    layer_norm_eps: float = Field(gt=0.0)
+    initializer_range: float = Field(gt=0.0)
+    max_len: int = Field(ge=1)
+    train_stride: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "SasrecParams":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("baselines.sasrec.hidden_size must be divisible by num_heads")
+        if self.train_stride > self.max_len:
+            raise ValueError("baselines.sasrec.train_stride must be <= max_len")
+        return self
+
+
+class MfParams(_Strict):
+    dim: int = Field(ge=1)
+    init_std: float = Field(gt=0.0)
+    lr: float = Field(gt=0.0)
+    l2: float = Field(ge=0.0)
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+
+
+class CtrParams(_Strict):
+    model: Literal["logistic_crosses"]
+    popularity_buckets: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    l2: float = Field(ge=0.0)
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+
+
+class BaselinesParams(_Strict):
+    out_dir: str
+    metrics_file: str
+    seed_offset: int
+    num_threads: int = Field(ge=0)
+    eval_k: int = Field(ge=1)
+    report_ks: list[int] = Field(min_length=1)
+    sasrec: SasrecParams
+    mf: MfParams
+    ctr: CtrParams
