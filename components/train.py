@@ -14,6 +14,7 @@ import json
 import logging
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,7 +206,11 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     lit = LitUniversalRec(built.model, cfg, seed)
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
-    trainer.fit(lit, datamodule=data, ckpt_path=resume)
+    with warnings.catch_warnings():
+        # the folder holds our own bookkeeping (fingerprint.txt, mlflow_run_id.txt) and, when resuming, this very
+        # configuration's last.ckpt; checkpoints of any other configuration were removed by _resume_point
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(lit, datamodule=data, ckpt_path=resume)
     if curve is not None and cfg.select_best and curve.selected_step is None:
         # resumed from a checkpoint already at max_steps: Lightning skips the fit loop and its on_train_end
         curve.on_train_end(trainer, lit)  # measures the last step if needed, then restores the best point
