@@ -3,13 +3,14 @@ model was saved with (`train.hidden_gate`), and the history path alone (gate 0),
 
 Usage::
 
-    python scripts/gate_probe.py [--split test] [--tasks next_item cold_start] [--users N] [--out F] [key=value ...]
+    python scripts/gate_probe.py [--split test] [--tasks next_item cold_start] [--users N] [--grid G ...]
+                                 [--out F] [key=value ...]
 
 Loads the trained model of params.yaml (`train.out_dir`; overrides as `key=value`), reads `--split` rows of
 the tasks for every user (or `--users` seeded users) and every template, and prints per task and template
-kind (seen / unseen) HR@10 / NDCG@10 (candidate_choice: HR@1 / NDCG@5) at gate 1, the saved gate and 0 —
-one decoder pass per batch serves all three. Full ranking, seen items excluded: the `unirec evaluate`
-conventions (components/evaluation/).
+kind (seen / unseen) HR@10 / NDCG@10 (candidate_choice: HR@1 / NDCG@5) at gate 1, the saved gate and 0
+(and every `--grid` value) — one decoder pass per batch serves them all. Full ranking, seen items excluded:
+the `unirec evaluate` conventions (components/evaluation/).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from components.evaluation.universal import InferenceConfig, catalogue_vectors
 from components.model.build import load_trained
 
 
-def probe(params: Params, tasks: list[str], split: str = "test", users: int | None = None) -> dict[str, dict]:
+def probe(params: Params, tasks: list[str], split: str = "test", users: int | None = None,
+          extra_gates: tuple[float, ...] = ()) -> dict[str, dict]:
     """Per task and template kind: rows, seconds and the metrics at gate 1, the saved gate and 0."""
     cfg = params.evaluate
     if cfg.num_threads:
@@ -46,7 +48,7 @@ def probe(params: Params, tasks: list[str], split: str = "test", users: int | No
     out: dict[str, dict] = {}
     for task in tasks:
         saved = float(built.model.user_head.task_gate[TASKS.index(task)])
-        grid = sorted({0.0, saved, 1.0})
+        grid = sorted({0.0, saved, 1.0, *extra_gates})
         for kind in ("seen", "unseen"):
             frame = data.frames[task]
             sub = EvalData(**{**data.__dict__, "frames": {task: frame[frame["template_kind"] == kind]
@@ -67,11 +69,13 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--tasks", nargs="+", default=["next_item", "cold_start"])
     parser.add_argument("--users", type=int, default=None)
+    parser.add_argument("--grid", nargs="*", type=float, default=[], help="further gate values to measure")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    out = probe(load_params("params.yaml", overrides), args.tasks, args.split, args.users)
+    out = probe(load_params("params.yaml", overrides), args.tasks, args.split, args.users,
+                tuple(args.grid))
     print(json.dumps(out, indent=2))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
