@@ -34,6 +34,8 @@ from components.model.data import encode_frames, load_examples
 from components.model.lightning import LitUniversalRec, RecDataModule, ThroughputMonitor
 from components.model.warmup import WarmupReport, collab_warmup
 
+WARMUP_REPORT = "warmup_report.json"
+"""The warm-up's report, kept in the checkpoint folder for a run that resumes past the warm-up."""
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,8 @@ class TrainReport:
     resumed_from: str | None = None
     """Checkpoint the run resumed from (None for a fresh run); `throughput` covers this process only."""
     collab_warmup: dict | None = None
-    """`WarmupReport` of the collaborative warm-up run by this process (None: off, or resumed past it)."""
+    """`WarmupReport` of the run's collaborative warm-up (None: off); a resumed run reads it back from the
+    checkpoint folder, where the process that ran the warm-up kept it."""
     selected_step: int | None = None
     """`train.select_best`: the learning-curve step whose trainable state was saved (None: the last step)."""
     hidden_gate: dict | None = None
@@ -116,7 +119,7 @@ def _resume_point(params: Params, ckpt_dir: Path) -> str | None:
     same = stamp.is_file() and stamp.read_text().strip() == fingerprint
     if params.train.resume and same and last.is_file():
         return str(last)
-    stale = sorted(ckpt_dir.glob("*.ckpt")) + [ckpt_dir / "mlflow_run_id.txt"]
+    stale = sorted(ckpt_dir.glob("*.ckpt")) + [ckpt_dir / "mlflow_run_id.txt", ckpt_dir / WARMUP_REPORT]
     for old in stale:
         if old.exists():
             if old.suffix == ".ckpt":
@@ -150,6 +153,22 @@ def make_trainer(params: Params, ckpt_dir: Path, logger: MLFlowLogger | bool, mo
         limit_val_batches=n_val_batches if n_val_batches else 0, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=str(ckpt_dir.parent),
         enable_progress_bar=True)
+
+
+def _warmup_of_run(params: Params, built: Built, seed: int, logger: MLFlowLogger, ckpt_dir: Path,
+                   resume: str | None) -> dict | None:
+    """The warm-up's report: run now (fresh run; kept next to the checkpoints) or read back (resumed run)."""
+    saved = ckpt_dir / WARMUP_REPORT
+    if not params.train.collab_warmup.steps:
+        return None
+    if resume is not None:  # the checkpoint holds the warmed-up state; its report was kept when it ran
+        if saved.is_file():
+            return json.loads(saved.read_text(encoding="utf-8"))
+        log.warning("resumed from %s without %s: metrics/train.json will lack the warm-up's record", resume, saved)
+        return None
+    report = asdict(_run_warmup(params, built, seed, logger))
+    saved.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
 
 
 def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -> WarmupReport:
@@ -202,7 +221,7 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     curve = RetrievalCurve(params, built) if cfg.curve_every_n_steps else None
     n_val = sum(-(-len(v) // cfg.batch_size) for v in val_sets.values())
     trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, [*([curve] if curve else []), *(callbacks or [])])
-    warmup = _run_warmup(params, built, seed, logger) if cfg.collab_warmup.steps and resume is None else None
+    warmup = _warmup_of_run(params, built, seed, logger, ckpt_dir, resume)
     lit = LitUniversalRec(built.model, cfg, seed)
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
@@ -220,7 +239,7 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
                          artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume,
-                         collab_warmup=asdict(warmup) if warmup else None,
+                         collab_warmup=warmup,
                          selected_step=curve.selected_step if curve else None,
                          hidden_gate=asdict(gates) if gates else None)
     metrics_dir = params.resolve(params.paths.metrics_dir)

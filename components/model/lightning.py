@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 import lightning as L
 import torch
@@ -159,7 +160,16 @@ class ThroughputMonitor(L.Callback):
         for task, value in getattr(module, "last_losses", {}).items():
             self.curves[task].append((step, value))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The loss curves travel in the checkpoint, so a resumed run reports every step, not only its own."""
+        return {"curves": {task: list(points) for task, points in self.curves.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curves = defaultdict(list, {task: [tuple(p) for p in points]
+                                         for task, points in state_dict.get("curves", {}).items()})
+
     def summary(self) -> dict[str, float]:
+        """Throughput of the batches this process ran (a resumed run counts only its own)."""
         secs = max(self.seconds, 1e-9)
         return {"tokens_per_s": self.tokens / secs, "examples_per_s": self.examples / secs,
                 "train_seconds": self.seconds, "tokens": self.tokens, "examples": self.examples,

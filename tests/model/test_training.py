@@ -129,6 +129,15 @@ def test_killed_run_resumes_from_last_checkpoint_and_matches(model_params, tmp_p
     # it really resumed: only the two remaining batches ran in this process
     assert report.steps == 4 and report.throughput["batches"] == 2
     assert report.resumed_from is not None and report.resumed_from.endswith("last.ckpt")
+    # ... yet its train.json reports the whole run: the warm-up (run by the crashed process) and every step's loss
+    resumed_metrics = json.loads((resumed.resolve(resumed.paths.metrics_dir) / "train.json").read_text())
+    assert metrics["collab_warmup"] and resumed_metrics["collab_warmup"]
+    for key in ("steps", "targets", "curve", "valid_curve", "best_step", "last_loss"):
+        assert resumed_metrics["collab_warmup"][key] == metrics["collab_warmup"][key], key
+    assert resumed_metrics["curves"].keys() == metrics["curves"].keys()
+    for task, points in metrics["curves"].items():
+        assert [s for s, _ in resumed_metrics["curves"][task]] == [s for s, _ in points], task
+        assert [v for _, v in resumed_metrics["curves"][task]] == pytest.approx([v for _, v in points], rel=1e-3)
     a, b = _trainable(straight), _trainable(resumed)
     assert a.keys() == b.keys()
     for name in a:
@@ -177,7 +186,7 @@ def test_checkpoint_of_another_configuration_is_not_resumed(model_params, tmp_pa
         report = train(model_params({**base, "lora.r": 4}))  # another configuration: must start fresh
     assert report.resumed_from is None and report.throughput["batches"] == 2
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["fingerprint.txt", "last.ckpt", "mlflow_run_id.txt",
-                                                                     "step-step=2.ckpt"]
+                                                                     "step-step=2.ckpt", "warmup_report.json"]
     # the folder held only our bookkeeping when Lightning set up: its "directory not empty" alarm is not raised
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]
     # a different step budget is another configuration too (the LR schedule depends on it): a LOWER
