@@ -47,14 +47,14 @@ $(STAMP): pyproject.toml requirements.lock
 # The pipeline as one Prefect flow (flows/pipeline.py) on Prefect's ephemeral API: every step a cached
 # task over its component function, then index, evaluate, register and promote (MLflow registry).
 run: $(STAMP)
-	$(BIN)/python -m flows.pipeline $(RUN_ARGS)
+	$(BIN)/unirec flow run $(RUN_ARGS)
 
 # The DVC path over the same component functions (dvc.yaml stages).
 repro: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
 
 champion-eval: $(STAMP)
-	$(BIN)/python -m flows.champion_eval $(RUN_ARGS)
+	$(BIN)/unirec flow champion-eval $(RUN_ARGS)
 
 # Scheduled runs (README "Orchestration"): a local Prefect server, the deployments of prefect.yaml, a worker.
 server: $(STAMP)

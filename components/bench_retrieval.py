@@ -220,7 +220,7 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
         faiss.omp_set_num_threads(params.train.num_threads)
-    built = load_trained(params)
+    built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
     model, tok, spec = built.model.eval(), built.backbone.tokenizer, built.spec
     pad = int(tok.pad_token_id)
     rows = benchmark_rows(params)

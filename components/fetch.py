@@ -11,7 +11,6 @@ the sha256 in params; files already cached with the right hash are not fetched a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Params
+from components.utils import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ class FetchReport:
         state = "fetched " + ", ".join(self.fetched) if self.fetched else "all inputs were cached"
         return (f"fetch: {state}\n  dataset: {', '.join(self.dataset_files.values())}\n"
                 f"  backbone: {self.backbone_file}")
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cached(path: Path, sha: str) -> bool:

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from components.config import IndexParams, Params
-from components.fetch import sha256_of
+from components.utils import sha256_of
 from components.model.index import FaissIndex, build_index
 
 __all__ = ["ItemIndexError", "IndexReport", "build_item_index", "load_item_index", "INDEX_FILE", "META_FILE"]

@@ -24,12 +24,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from components.baselines.common import load_split_data, next_item_task
 from components.collab import user_sequences
 from components.config import Params
-from components.evaluation.curve import RetrievalCurve
-from components.evaluation.gate import select_hidden_gates
+from components.evaluation.ranking import load_split_data, next_item_task
 from components.model.build import Built, build_model, save_artifacts, trainable_summary
+from components.model.curve import RetrievalCurve
 from components.model.data import encode_frames, load_examples
 from components.model.lightning import LitUniversalRec, RecDataModule, ThroughputMonitor
 from components.model.warmup import WarmupReport, collab_warmup
@@ -54,10 +53,6 @@ class TrainReport:
     collab_warmup: dict | None = None
     """`WarmupReport` of the run's collaborative warm-up (None: off); a resumed run reads it back from the
     checkpoint folder, where the process that ran the warm-up kept it."""
-    selected_step: int | None = None
-    """`train.select_best`: the learning-curve step whose trainable state was saved (None: the last step)."""
-    hidden_gate: dict | None = None
-    """`GateReport` of `train.hidden_gate` (None: off): validation metric per task and gate, the chosen gates."""
 
     def summary(self) -> str:
         lines = [WarmupReport(**self.collab_warmup).summary()] if self.collab_warmup else []
@@ -65,12 +60,6 @@ class TrainReport:
                  f"{self.throughput['tokens_per_s']:.0f} tokens/s, {self.throughput['examples_per_s']:.2f} "
                  f"examples/s, peak RSS {self.peak_rss_gib:.2f} GiB, trainable {self.parameters['trainable']:,} "
                  f"of {self.parameters['parameters']:,} parameters"]
-        if self.selected_step is not None:
-            lines.append(f"  saved model: step {self.selected_step} (best mean validation NDCG@10 of the retrieval curve)")
-        if self.hidden_gate:
-            lines.append("  hidden-state gate per task (validation): " + ", ".join(
-                f"{t} {g:g} ({self.hidden_gate['metric'][t]} {self.hidden_gate['scores'][t][f'{g:g}']:.4f})"
-                for t, g in self.hidden_gate["selected"].items()))
         for task, c in sorted(self.losses.items()):
             lines.append(f"  {task:<17} loss {c['first']:.4f} -> {c['last']:.4f} ({int(c['points'])} batches)")
         return "\n".join(lines)
@@ -106,7 +95,7 @@ def run_fingerprint(params: Params) -> str:
         parts[name.name] = name.read_text(encoding="utf-8") if name.is_file() else None
     # max_steps is NOT volatile: the learning-rate schedule depends on it, and a lower value must retrain
     for volatile in ("resume", "val_check_interval", "log_every_n_steps", "checkpoint_every_n_steps",
-                     "curve_every_n_steps", "curve_users", "curve_templates", "select_best", "hidden_gate"):
+                     "curve_every_n_steps", "curve_users", "curve_templates", "curve_batch_size"):
         parts["train"].pop(volatile, None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -177,7 +166,7 @@ def _run_warmup(params: Params, built: Built, seed: int, logger: MLFlowLogger) -
                             columns=["user_idx", "item_idx", "order", "rating"])
     cfg = params.train.collab_warmup
     grid = params.model.item_neighbours.weight_grid if built.model.neighbours is not None else []
-    valid = next_item_task(load_split_data(params), "valid") if cfg.eval_every or grid else None
+    valid = next_item_task(load_split_data(params, ("train", "valid")), "valid") if cfg.eval_every or grid else None
     ratings = user_sequences(frame, "rating") if cfg.rating_weight else None
     report = collab_warmup(built.model, user_sequences(frame), cfg, seed, params.train.log_every_n_steps, valid,
                            ratings, grid)
@@ -230,18 +219,12 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
         # configuration's last.ckpt; checkpoints of any other configuration were removed by _resume_point
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(lit, datamodule=data, ckpt_path=resume)
-    if curve is not None and cfg.select_best and curve.selected_step is None:
-        # resumed from a checkpoint already at max_steps: Lightning skips the fit loop and its on_train_end
-        curve.on_train_end(trainer, lit)  # measures the last step if needed, then restores the best point
-    gates = select_hidden_gates(params, built) if cfg.hidden_gate.grid else None
     artifacts = {k: _relative(params, v) for k, v in save_artifacts(built, params, out_dir).items()}
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
                          artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume,
-                         collab_warmup=warmup,
-                         selected_step=curve.selected_step if curve else None,
-                         hidden_gate=asdict(gates) if gates else None)
+                         collab_warmup=warmup)
     metrics_dir = params.resolve(params.paths.metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()},
@@ -250,6 +233,4 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     logger.experiment.log_dict(logger.run_id, payload, "train_report.json")
     for task, c in report.losses.items():
         logger.experiment.log_metric(logger.run_id, f"final_loss_{task}", c["last"])
-    for task, gate in (gates.selected.items() if gates else ()):
-        logger.experiment.log_metric(logger.run_id, f"hidden_gate_{task}", gate)
     return report

@@ -4,13 +4,12 @@ MLflow experiment `<experiment>.champion-eval`, one run per evaluation, tagged w
 
 Files go to `orchestration.champion_eval_dir` (model/, eval.json, eval.html, plots/); the pipeline's
 own metrics/eval.json is never touched. Nothing is cached: re-evaluating is the point.
-Run: `python -m flows.champion_eval`, `unirec flow champion-eval`, or the `daily-champion-eval`
+Run: `make champion-eval`, `unirec flow champion-eval`, or the `daily-champion-eval`
 deployment of prefect.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import Params, load_params
-from flows.pipeline import env_overrides, one_line, parse_sets
+from flows.pipeline import env_overrides, one_line
 from flows.tasks import Overrides, retry_if_transient
 
 
@@ -31,6 +30,7 @@ def eval_overrides(params: Params, model_dir: Path) -> dict[str, Any]:
     out = params.resolve(params.orchestration.champion_eval_dir)
     bundle = model_dir.parent  # the registered bundle: model/ + the frozen item tables it was trained with
     return {"train.out_dir": str(model_dir), "embed_items.out_dir": str(bundle / "data" / "embeddings"),
+            "select_gates.out_file": str(bundle / "gates.json"),
             "train.checkpoint_dir": str(out / "checkpoints"),
             "paths.metrics_dir": str(out), "evaluate.metrics_file": str(out / "eval.json"),
             "evaluate.report_file": str(out / "eval.html"), "evaluate.plots_dir": str(out / "plots"),
@@ -95,20 +95,12 @@ def champion_eval(params_path: str = "params.yaml", overrides: dict[str, Any] | 
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.champion_eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="dotted override (repeatable)")
-    ap.add_argument("--alias", default=None)
-    args = ap.parse_args(argv)
+def run(params_path: str, overrides: dict[str, Any], alias: str | None) -> int:
+    """`unirec flow champion-eval`: run the flow, print its summary; the exit code."""
     try:
-        result = champion_eval(params_path=args.params, overrides=parse_sets(args.sets), alias=args.alias)
+        result = champion_eval(params_path=params_path, overrides=overrides, alias=alias)
     except Exception as exc:  # noqa: BLE001 - one clear line; the Prefect log holds the traceback
         print(f"unirec champion-eval failed: {one_line(exc)}", file=sys.stderr)
         return 1
     print(result["summary"])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,13 +7,11 @@ need it; at the end a summary names every step's outcome (ran / cached / skipped
 and the flow fails with that summary if any step failed.
 
 Offline: with no PREFECT_API_URL, Prefect starts its ephemeral API server (SQLite under
-PREFECT_HOME = `<repo>/.prefect`). Run it with `make run`, `python -m flows.pipeline [--set k=v]`
-or `unirec flow run`.
+PREFECT_HOME = `<repo>/.prefect`). Run it with `make run` or `unirec flow run [--set k=v]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,8 +26,9 @@ from prefect import flow, get_run_logger
 
 from components.config import load_params
 from flows.fingerprint import results_dir
-from flows.plan import ORDER, StepName, build_plan
-from flows.tasks import RETRIED, STEP_TASKS
+from components.steps import ORDER, STEP
+from flows.plan import StepName, build_plan
+from flows.tasks import STEP_TASKS
 
 ENV_OVERRIDES = "UNIREC_OVERRIDES"
 """Env var holding a JSON/YAML mapping of dotted overrides applied under the `overrides` parameter
@@ -94,8 +93,8 @@ def run_steps(params_path: str, overrides: dict[str, Any], skip: set[str], refre
             outcomes[name] = Outcome(name, "not run", error=f"needs {', '.join(blocked)}")
             continue
         options: dict[str, Any] = {"result_storage": storage, "refresh_cache": name in refresh}
-        if name in RETRIED:
-            retries = getattr(params.orchestration, RETRIED[name])
+        if STEP[name].retries:
+            retries = getattr(params.orchestration, STEP[name].retries)
             options |= {"retries": retries,
                         "retry_delay_seconds": [params.orchestration.retry_delay_s * 2 ** i for i in range(retries)]}
         start = time.perf_counter()
@@ -140,42 +139,16 @@ def unirec_pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] 
     return {"summary": summary, "steps": {n: asdict(o) for n, o in outcomes.items()}}
 
 
-def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", help="dotted override (repeatable)")
-    ap.add_argument("--skip", action="append", choices=ORDER, default=[])
-    ap.add_argument("--refresh", action="append", choices=ORDER, default=[])
-    ap.add_argument("--json", action="store_true", help="print the step outcomes as JSON")
-    args = ap.parse_args(argv)
+def run(params_path: str, overrides: dict[str, Any], skip: list[str], refresh: list[str], as_json: bool = False) -> int:
+    """`unirec flow run`: check the params, run the flow, print its summary; the exit code (0 = every step succeeded)."""
     try:
-        overrides = parse_sets(args.sets)
-        load_params(args.params, {**env_overrides(), **overrides})  # a typo fails here, before Prefect starts
-    except ValueError as exc:
-        print(f"unirec flow failed: {exc}", file=sys.stderr)
-        return 1
-    try:
-        result = unirec_pipeline(params_path=args.params, overrides=overrides,
-                                 skip=args.skip, refresh=args.refresh)
+        load_params(params_path, {**env_overrides(), **overrides})  # a typo fails here, before Prefect starts
+        result = unirec_pipeline(params_path=params_path, overrides=overrides, skip=skip, refresh=refresh)
     except PipelineFailed as exc:
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:  # invalid params / overrides, before any step ran
         print(f"unirec flow failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result["steps"], indent=2) if args.json else result["summary"])
+    print(json.dumps(result["steps"], indent=2) if as_json else result["summary"])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
-"""Which files and params each pipeline step depends on, and the step order: ONE declaration.
+"""Which files and params each pipeline step depends on: read from dvc.yaml, ONE declaration.
 
-Every step is a DVC stage: its `deps`, `params` and `outs` (+ `metrics`, `plots`) come from
-`dvc.yaml`, with `${...}` resolved against the loaded params exactly as DVC templating does, so the
-flow and `dvc repro` agree on what a step depends on. The DAG is derived the way DVC derives it:
+The steps and their order are components/steps.py's. Every step is the DVC stage of the same name: its
+`deps`, `params` and `outs` (+ `metrics`, `plots`) come from `dvc.yaml`, with `${...}` resolved against the
+loaded params exactly as DVC templating does, so the flow and `dvc repro` agree on what a step depends on. The DAG is derived the way DVC derives it:
 step B needs step A when one of B's deps is, contains or lies inside one of A's outs; `needs` adds
 edges that no file carries (promote acts on what register put in the registry).
 """
@@ -18,42 +18,10 @@ from typing import Any, Literal
 import yaml
 
 from components.config import Params
+from components.steps import ORDER, STEP, Step
 from flows import CODE_ROOT
 
-StepName = Literal["fetch", "ingest", "validate", "split", "textualize", "embed-items", "train", "baselines",
-                   "index", "evaluate", "register", "promote"]
-ORDER: tuple[str, ...] = ("fetch", "ingest", "validate", "split", "textualize", "embed-items", "train",
-                          "baselines", "index", "evaluate", "register", "promote")
-"""Run order (a topological order of the DAG). Steps run one at a time: train and baselines are
-independent, but both seed torch's process-global RNG and set its thread count, so running them as
-threads of one process would make neither reproducible (and on 2 cores would not be faster)."""
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    name: str
-    stage: str
-    """dvc.yaml stage holding the step's deps / params / outs."""
-    needs: tuple[str, ...] = ()
-    registry_outs: bool = False
-    """Outputs live in the MLflow registry, not in files (register, promote)."""
-
-
-SPECS: dict[str, StepSpec] = {s.name: s for s in (
-    StepSpec("fetch", "fetch"),
-    StepSpec("ingest", "ingest"),
-    StepSpec("validate", "validate"),
-    StepSpec("split", "split"),
-    StepSpec("textualize", "textualize"),
-    StepSpec("embed-items", "embed_items"),
-    StepSpec("train", "train"),
-    StepSpec("baselines", "baselines"),
-    StepSpec("index", "index"),
-    StepSpec("evaluate", "evaluate"),
-    StepSpec("register", "register", registry_outs=True),
-    StepSpec("promote", "promote", needs=("register",), registry_outs=True),
-)}
-assert tuple(SPECS) == ORDER
+StepName = Literal[ORDER]  # type: ignore[valid-type]  # the step names of components/steps.py
 
 _TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
@@ -65,7 +33,7 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class PlannedStep:
     name: str
-    spec: StepSpec
+    spec: Step
     deps: tuple[Path, ...]
     params: tuple[str, ...]
     outs: tuple[Path, ...]
@@ -125,10 +93,11 @@ def _param_keys(items: list[Any] | None) -> list[str]:
 
 
 def stage_of(name: str) -> dict[str, Any]:
-    spec, stages = SPECS[name], dvc_stages()
-    if spec.stage not in stages:
-        raise PlanError(f"step {name!r}: {CODE_ROOT / 'dvc.yaml'} has no stage {spec.stage!r}")
-    return stages[spec.stage]
+    """The dvc.yaml stage of step `name` (stages are named as the steps)."""
+    stages = dvc_stages()
+    if name not in stages:
+        raise PlanError(f"step {name!r}: {CODE_ROOT / 'dvc.yaml'} has no stage {name!r}")
+    return stages[name]
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -158,8 +127,8 @@ def build_plan(params: Params) -> dict[str, PlannedStep]:
     for i, name in enumerate(ORDER):
         deps, keys, outs = raw[name]
         upstream = [u for u in ORDER[:i] if any(_overlap(d, o) for d in deps for o in raw[u][2])]
-        needs = tuple(dict.fromkeys([*upstream, *SPECS[name].needs]))
-        plan[name] = PlannedStep(name, SPECS[name], tuple(deps), tuple(keys), tuple(outs), needs)
+        needs = tuple(dict.fromkeys([*upstream, *STEP[name].needs]))
+        plan[name] = PlannedStep(name, STEP[name], tuple(deps), tuple(keys), tuple(outs), needs)
     return plan
 
 

@@ -22,6 +22,7 @@ from prefect.states import State
 
 from components.config import load_params
 from flows.fingerprint import step_cache_key, write_record
+from components.steps import STEPS, Step
 from flows.plan import build_plan
 
 Overrides = dict[str, Any] | None
@@ -89,82 +90,13 @@ def run_step(step: str, params_path: str, overrides: Overrides, fn: Callable[...
             "finished": time.time()}
 
 
-@task(**step_options("fetch", retries=2))
-def fetch_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.fetch import fetch
-    return run_step("fetch", params_path, overrides, fetch)
+def _step_task(step: Step) -> Task[..., StepResult]:
+    """The Prefect task of one step: `run_step` over the step's component function."""
+    def body(params_path: str, overrides: Overrides = None) -> StepResult:
+        return run_step(step.name, params_path, overrides, step.function(), **step.flow_kwargs)
+
+    body.__name__ = body.__qualname__ = f"{step.name.replace('-', '_')}_task"
+    return task(**step_options(step.name, retries=2 if step.retries else 0))(body)
 
 
-@task(**step_options("ingest"))
-def ingest_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.ingest import ingest
-    return run_step("ingest", params_path, overrides, ingest)
-
-
-@task(**step_options("validate"))
-def validate_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.validate import validate
-    return run_step("validate", params_path, overrides, validate)
-
-
-@task(**step_options("split"))
-def split_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.split import split
-    return run_step("split", params_path, overrides, split)
-
-
-@task(**step_options("textualize"))
-def textualize_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.textualize import textualize
-    return run_step("textualize", params_path, overrides, textualize, progress=False)
-
-
-@task(**step_options("embed-items"))
-def embed_items_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.embed_items import embed_items
-    return run_step("embed-items", params_path, overrides, embed_items, progress=False)
-
-
-@task(**step_options("train"))
-def train_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.train import train
-    return run_step("train", params_path, overrides, train)
-
-
-@task(**step_options("baselines"))
-def baselines_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.baselines import train_baselines
-    return run_step("baselines", params_path, overrides, train_baselines)
-
-
-@task(**step_options("index"))
-def index_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.indexing import build_item_index
-    return run_step("index", params_path, overrides, build_item_index)
-
-
-@task(**step_options("evaluate"))
-def evaluate_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.evaluation import evaluate
-    return run_step("evaluate", params_path, overrides, evaluate)
-
-
-@task(**step_options("register", retries=3))
-def register_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.registry import register_model
-    return run_step("register", params_path, overrides, register_model)
-
-
-@task(**step_options("promote", retries=3))
-def promote_task(params_path: str, overrides: Overrides = None) -> StepResult:
-    from components.registry import promote
-    return run_step("promote", params_path, overrides, promote)
-
-
-STEP_TASKS: dict[str, Task[..., StepResult]] = {
-    "fetch": fetch_task, "ingest": ingest_task, "validate": validate_task, "split": split_task,
-    "textualize": textualize_task, "embed-items": embed_items_task, "train": train_task,
-    "baselines": baselines_task, "index": index_task, "evaluate": evaluate_task,
-    "register": register_task, "promote": promote_task,
-}
-RETRIED = {"fetch": "fetch_retries", "register": "registry_retries", "promote": "registry_retries"}
+STEP_TASKS: dict[str, Task[..., StepResult]] = {step.name: _step_task(step) for step in STEPS}

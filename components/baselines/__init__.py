@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.baselines.common import (NextItemScorer, SplitData, TrainHistory, evaluate_scorer, load_split_data,
-                                         next_item_task)
+from components.baselines.common import TrainHistory
+from components.evaluation.ranking import (NextItemScorer, SplitData, evaluate_scorer, load_split_data,
+                                           next_item_task)
 from components.baselines.ctr import LogisticCrosses, ctr_metrics, fit_ctr, genre_matrix
 from components.baselines.mf import BiasedMF, fit_mf, rating_errors
 from components.baselines.popularity import Popularity

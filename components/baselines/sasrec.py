@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.baselines.common import NextItemTask, TrainHistory, evaluate_scorer, fit_early_stopping, seed_everything
+from components.baselines.common import TrainHistory, fit_early_stopping, seed_everything
+from components.evaluation.ranking import NextItemTask, evaluate_scorer
 from components.config import SasrecParams
 
 

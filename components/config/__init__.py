@@ -47,9 +47,9 @@ from components.config.training import (
     BenchmarkParams,
     CollabWarmupParams,
     CtrParams,
-    HiddenGateParams,
     MfParams,
     SasrecParams,
+    SelectGatesParams,
     TrainParams,
 )
 from components.config.ops import (
@@ -84,7 +84,6 @@ __all__ = [
     "GenericItems",
     "GenericUsers",
     "GrouplensFormat",
-    "HiddenGateParams",
     "HistoryEncoderParams",
     "IndexParams",
     "IngestParams",
@@ -101,6 +100,7 @@ __all__ = [
     "RecboleFormat",
     "RegistryParams",
     "SasrecParams",
+    "SelectGatesParams",
     "ServingParams",
     "SplitParams",
     "TASKS",

@@ -16,7 +16,7 @@ TASKS: tuple[str, ...] = (
     "text",
     "infill",
 )
-"""Task keys of DESIGN.md's task table, in table order (also the keys used in metrics)."""
+"""Task keys of the task table (docs/design.md §5), in table order (also the keys used in metrics)."""
 
 
 GATED_TASKS: tuple[str, ...] = ("next_item", "multi_objective", "query", "cold_start", "long_tail", "candidate_choice")

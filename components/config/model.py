@@ -75,12 +75,9 @@ class HistoryEncoderParams(_Strict):
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     max_items: int = Field(default=50, ge=1)
-    id_table: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "HistoryEncoderParams":
-        if self.id_table and self.kind != "attention":
-            raise ValueError("model.history_encoder.id_table needs kind: attention")
         if self.width % self.heads:
             raise ValueError(f"model.history_encoder.width ({self.width}) must be divisible by heads ({self.heads})")
         return self

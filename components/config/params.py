@@ -19,7 +19,7 @@ from components.config.data import (
 )
 from components.config.model import BackboneParams, EmbedItemsParams, IndexParams, LoraParams, ModelParams
 from components.config.ops import EvaluateParams, MlflowParams, OrchestrationParams, RegistryParams
-from components.config.training import BaselinesParams, BenchmarkParams, TrainParams
+from components.config.training import BaselinesParams, BenchmarkParams, SelectGatesParams, TrainParams
 
 
 class Params(_Strict):
@@ -37,6 +37,7 @@ class Params(_Strict):
     index: IndexParams
     lora: LoraParams
     train: TrainParams
+    select_gates: SelectGatesParams
     mlflow: MlflowParams
     benchmark: BenchmarkParams
     baselines: BaselinesParams
@@ -50,9 +51,9 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _gate_needs_history_path(self) -> "Params":
-        if self.train.hidden_gate.grid and self.model.history_skip_items < 1:
-            raise ValueError("train.hidden_gate needs the history path (model.history_skip_items > 0): with gate 0 "
-                             "the user vector would have nothing left; set train.hidden_gate.grid: []")
+        if self.select_gates.grid and self.model.history_skip_items < 1:
+            raise ValueError("select_gates needs the history path (model.history_skip_items > 0): with gate 0 "
+                             "the user vector would have nothing left; set select_gates.grid: []")
         if self.model.item_neighbours.window and not self.embed_items.neighbours.enabled:
             raise ValueError("model.item_neighbours.window > 0 reads the item-neighbourhood factors: set "
                              "embed_items.neighbours.enabled: true (and run `unirec embed-items`)")

@@ -1,4 +1,4 @@
-"""Sections of training and the experts: collaborative warm-up, hidden gate, LoRA training, benchmark, baselines."""
+"""Sections of training and the experts: collaborative warm-up, LoRA training, gate selection, benchmark, baselines."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from components.config.base import GATED_TASKS, TASKS, _Strict
-from components.hardware import resolve_precision
+from components.hardware import resolve_autocast, resolve_precision
 
 
 class CollabWarmupParams(_Strict):
@@ -19,16 +19,21 @@ class CollabWarmupParams(_Strict):
     lr_scale: float = Field(default=0.0, ge=0.0)
     eval_every: int = Field(default=0, ge=0)
     patience: int = Field(default=4, ge=1)
-    content_weight: float = Field(default=0.0, ge=0.0, le=1.0)
     rating_weight: float = Field(default=0.0, ge=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-class HiddenGateParams(_Strict):
+class SelectGatesParams(_Strict):
     grid: list[float] = []
     users: int = Field(default=100, ge=1)
     tasks: list[str] = list(GATED_TASKS)
+    batch_size: int = Field(default=32, ge=1)
+    top_k: int = Field(default=10, ge=1)
+    autocast_bf16: bool | Literal["auto"] = "auto"
+    seed_offset: int = 6
+    out_file: str = "models/gates.json"
+    metrics_file: str = "metrics/gates.json"
+
+    _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
 
     @field_validator("grid")
     @classmethod
@@ -49,7 +54,6 @@ class HiddenGateParams(_Strict):
 class TrainParams(_Strict):
     task_weights: dict[str, float]
     collab_warmup: CollabWarmupParams = CollabWarmupParams()
-    hidden_gate: HiddenGateParams = HiddenGateParams()
     batch_size: int = Field(ge=1)
     max_steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)
@@ -70,7 +74,7 @@ class TrainParams(_Strict):
     curve_every_n_steps: int = Field(default=0, ge=0)
     curve_users: int = Field(default=200, ge=1)
     curve_templates: list[str] = []
-    select_best: bool = False
+    curve_batch_size: int = Field(default=32, ge=1)
     checkpoint_every_n_steps: int = Field(ge=1)
     resume: bool
     log_every_n_steps: int = Field(ge=1)
@@ -87,13 +91,6 @@ class TrainParams(_Strict):
         if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
             raise ValueError("weights must be >= 0 with at least one > 0")
         return v
-
-    @model_validator(mode="after")
-    def _selection_needs_curve(self) -> "TrainParams":
-        if self.select_best and not (self.curve_every_n_steps and self.curve_templates):
-            raise ValueError("train.select_best needs the retrieval curve: set train.curve_every_n_steps > 0 "
-                             "and train.curve_templates")
-        return self
 
     @field_validator("precision", mode="after")
     @classmethod

@@ -1,5 +1,5 @@
 """Evaluation step: metrics for every task (full-ranking retrieval, candidate lists, CTR, rating, text,
-prompt sensitivity), computed under the RecBole protocol of DESIGN.md §3 (leave-one-out, full ranking over
+prompt sensitivity), computed under the RecBole protocol of docs/design.md §4 (leave-one-out, full ranking over
 all items with the user's earlier items excluded). `metrics` holds the pure metric functions.
 
 `evaluate(params) -> EvalReport` runs the trained universal model on every template of every task for a

@@ -25,7 +25,8 @@ from components.evaluation.rows import EvalData, load_eval_data
 from components.evaluation.scoring import (MetricContext, by_kind, by_template, headline_metric, sensitivity,
                                            task_metrics)
 from components.evaluation.tracking import log_evaluation, open_run
-from components.evaluation.universal import InferenceConfig, catalogue_vectors, predict_task
+from components.evaluation.universal import predict_task
+from components.model.inference import InferenceConfig, catalogue_vectors
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ def _check_inputs(params: Params) -> None:
     model_dir = params.resolve(params.train.out_dir)
     if not (model_dir / "modules.safetensors").is_file():
         raise FileNotFoundError(f"{model_dir}: no trained model (modules.safetensors); run `unirec train` first")
+    gates = params.resolve(params.select_gates.out_file)
+    if not gates.is_file():
+        raise FileNotFoundError(f"{gates}: no gates file; run `unirec select-gates` first")
     out = params.resolve(params.baselines.out_dir)
     missing = [n for n in BASELINE_FILES if not (out / n).is_file()]
     if missing:
@@ -122,7 +126,7 @@ def evaluate(params: Params) -> EvalReport:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(params.seed + cfg.seed_offset)
     data = load_eval_data(params)
-    built = load_trained(params)
+    built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
     loaded = time.perf_counter()
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)

@@ -8,7 +8,7 @@
 * `parse_spans` / `span_matches`: the masked spans of an infilling answer;
 * `EvalData` / `load_eval_data`: the example rows of every task plus what the metrics need.
 
-Seen items (the RecBole convention of DESIGN.md §3, as the experts' own evaluation): the user's train
+Seen items (the RecBole convention of docs/design.md §4, as the experts' own evaluation): the user's train
 items, plus the valid item when the split is test. Cold-start ranks among the cold items only and also
 excludes the user's earlier cold interactions (cold.parquet rows of role `extra`, and `valid` for test).
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components.baselines.common import load_split_data
+from components.evaluation.ranking import load_split_data
 from components.config import TASKS, Params
 from components.evaluation.metrics import rank_of_target
 from components.model.data import load_examples
@@ -151,7 +151,7 @@ def load_eval_data(params: Params) -> EvalData:
     for path in (splits / "cold.parquet", splits / "cold_items.parquet", examples / "tail_items.parquet"):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `unirec split` and `unirec textualize` first")
-    data = load_split_data(params)
+    data = load_split_data(params, ("train", "valid", "test") if cfg.split == "test" else ("train", "valid"))
     history = {u: s for u, s in enumerate(data.train_sequences())}
     earlier = data.train
     if cfg.split == "test":

@@ -8,18 +8,11 @@ optional bf16 autocast; heads, verbaliser logits and scores in float32):
 * candidate_choice: the same scores restricted to the saved list of the prompt;
 * ctr: p(yes) = softmax over the two verbaliser logits at the answer slot; rating: the expectation of
   1..5 under the softmax of the five verbaliser logits;
-* text / infill: greedy generation after [LM] for the whole batch at once (`generate_batch`: prompts
-  left-padded, KV cache), decoded. It gives the tokens of the row-by-row `UniversalRecModel.generate_ids`
-  (16 of 16 ml-100k infill rows identical) about 6x faster (16 rows x 24 tokens on 2 threads: 2.7 s vs
-  16.1 s), and runs in float32 even with `autocast_bf16`: bf16 was no faster there and changed 9 of 16
-  outputs.
+* text / infill: greedy generation after [LM] for the whole batch at once
+  (`components.model.inference.generate_batch`), decoded.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,41 +23,14 @@ from transformers import PreTrainedTokenizerBase
 from components.evaluation.rows import SET_OUT_RANKING, EvalData, first_target, rank_rows
 from components.model.batching import Batch, collate
 from components.model.index import score_candidate_lists
+from components.model.inference import InferenceConfig, decoder_states, generate_batch, length_buckets
 from components.model.prompting import TEXT_TASKS, PromptSpec, encode_example
 from components.model.universal import UniversalRecModel
-from components.model.verbalizer import ctr_probability, rating_expectation
+from components.model.verbaliser import ctr_probability, rating_expectation
 
 KEEP = ("template_id", "template_kind", "user_idx")
 SET_OUT_TASKS = (*SET_OUT_RANKING, "candidate_choice")
 """Tasks answered by the user vectors of the `[UM]` slots."""
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    batch_size: int
-    top_k: int
-    max_new_tokens: int
-    autocast_bf16: bool
-
-
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of `batch_size` after a stable sort by length (tight padding)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
-def decoder_states(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
-    """Decoder states `(B, T, H)` (under bf16 autocast when enabled), returned as float32: the heads,
-    verbaliser logits and scores that follow run in float32, outside autocast."""
-    with _autocast(cfg.autocast_bf16):
-        hidden = model.hidden_states(batch)
-    return hidden.float()
 
 
 def _users(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
@@ -114,21 +80,6 @@ def set_out_outputs(task: str, users: torch.Tensor, batch: Batch, rows: list[dic
     return out
 
 
-def generate_batch(model: UniversalRecModel, batch: Batch, max_new_tokens: int, eos_id: int) -> list[list[int]]:
-    """Greedy tokens after `[LM]` for every row of a batch of prompts (encoded with `with_target=False`),
-    up to the first EOS (excluded); the batch's right padding is moved to the left for `generate`."""
-    embeds = model.input_embeddings(batch)  # (B, T, H), right-padded
-    width = embeds.shape[1]
-    shift = width - batch.attention_mask.sum(1)  # (B,) padding per row
-    index = (torch.arange(width, device=embeds.device)[None, :] - shift[:, None]) % width  # (B, T)
-    left = embeds.gather(1, index.unsqueeze(-1).expand_as(embeds))
-    mask = batch.attention_mask.gather(1, index)
-    out = model.llm.generate(inputs_embeds=left, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id)
-    rows = out.tolist()
-    return [ids[: ids.index(eos_id)] if eos_id in ids else ids for ids in rows]
-
-
 def predict_task(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, spec: PromptSpec, task: str,
                  data: EvalData, item_vecs: torch.Tensor, cfg: InferenceConfig) -> pd.DataFrame:
     """Row frame of `task` (every template, the sampled users) for `scoring.task_metrics`, in file order.
@@ -149,10 +100,3 @@ def predict_task(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, s
             for i, res in zip(idx, results):
                 outputs[int(i)] = res
     return pd.concat([frame[list(KEEP)].reset_index(drop=True), pd.DataFrame(outputs)], axis=1)
-
-
-def catalogue_vectors(model: UniversalRecModel) -> torch.Tensor:
-    """Output vectors of every item `(N, D)` float32, eval mode, no autocast (cold items: text-only)."""
-    model.eval()
-    with torch.inference_mode():
-        return model.item_vectors().float()

@@ -31,7 +31,7 @@ from components.model.neighbours import ItemNeighbours
 from components.model.prompting import PromptSpec, make_spec
 from components.model.rating import RatingEstimator
 from components.model.universal import UniversalRecModel
-from components.model.verbalizer import VerbaliserPrior
+from components.model.verbaliser import VerbaliserPrior
 
 MODULE_PREFIXES = ("fusion.", "user_head.", "item_head.", "special_rows", "verbaliser_prior.", "rating_estimator.",
                    "neighbours.")
@@ -114,7 +114,7 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
         llm=llm,
         fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
                                       output_rms=token_embedding_rms(backbone.model)),
-        user_head=SetQueryHead.from_params(params.model, h, n_items, neighbours.dim if neighbours else 0),
+        user_head=SetQueryHead.from_params(params.model, h, neighbours.dim if neighbours else 0),
         item_head=ItemProjection.from_params(params.model, h, n_items),
         verbaliser_ids=spec.verbaliser_ids, temperature=params.model.temperature,
         num_negatives=params.model.num_negatives, item_log_prob=log_prob, special_ids=backbone.special_ids,
@@ -160,8 +160,22 @@ def save_artifacts(built: Built, params: Params, out_dir: Path) -> dict[str, str
     return files
 
 
-def load_trained(params: Params, out_dir: Path | None = None) -> Built:
-    """Rebuild the model from params and load the saved artefacts (inverse of `save_artifacts`)."""
+def read_gates(path: Path) -> dict[str, float]:
+    """task → hidden-state gate from a `select_gates.out_file` (`unirec select-gates`; missing tasks keep 1)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no gates file; run `unirec select-gates` first")
+    try:
+        gates = json.loads(path.read_text(encoding="utf-8"))["gates"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a gates file ({{\"gates\": {{task: value}}}}): {exc}") from None
+    if not isinstance(gates, dict):
+        raise ValueError(f"{path}: 'gates' must map task -> value")
+    return {str(t): float(g) for t, g in gates.items()}
+
+
+def load_trained(params: Params, out_dir: Path | None = None, gates_file: Path | None = None) -> Built:
+    """Rebuild the model from params and load the saved artefacts (inverse of `save_artifacts`); with
+    `gates_file` (`select_gates.out_file`) the chosen per-task hidden-state gates are applied, else every gate is 1."""
     out_dir = out_dir or params.resolve(params.train.out_dir)
     if not (out_dir / "modules.safetensors").is_file():
         raise FileNotFoundError(f"{out_dir}: no trained model (modules.safetensors); run `unirec train` first")
@@ -173,10 +187,11 @@ def load_trained(params: Params, out_dir: Path | None = None) -> Built:
         built.model.llm = PeftModel.from_pretrained(backbone.model, out_dir / "adapter")
     state = load_file(out_dir / "modules.safetensors")
     missing = built.model.load_state_dict(state, strict=False)
-    # artefacts saved before the per-task gates existed: every gate stays 1 (the model as it was trained)
-    bad = [k for k in missing.missing_keys if k.startswith(MODULE_PREFIXES) and k != "user_head.task_gate"]
+    bad = [k for k in missing.missing_keys if k.startswith(MODULE_PREFIXES)]
     if bad or missing.unexpected_keys:
         raise RuntimeError(f"{out_dir}/modules.safetensors does not match the model: missing {bad}, "
                            f"unexpected {missing.unexpected_keys}")
+    if gates_file is not None:
+        built.model.user_head.set_task_gates(read_gates(gates_file))
     built.model.eval()
     return built

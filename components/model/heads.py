@@ -118,8 +118,9 @@ class SetQueryHead(_Projection):
         self.history_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(),
                                          nn.Linear(width, retrieval_dim)) if history_reader is not None else None
         # (len(TASKS),) the hidden-state gate per task, in TASKS order: 1 = the trained head; chosen on
-        # validation after training (`train.hidden_gate`, components/evaluation/gate.py) and saved with it
-        self.register_buffer("task_gate", torch.ones(len(TASKS)))
+        # validation after training by the `select-gates` step and kept in its own file (select_gates.out_file,
+        # applied by `load_trained`), not in the model's state
+        self.register_buffer("task_gate", torch.ones(len(TASKS)), persistent=False)
 
     def _last_column(self, standardised: Tensor, scale: Tensor | None = None) -> Tensor:
         # (..., 1) multiplies the item bias: 1 + a learned function of the prompt (zero-initialised), so a
@@ -182,19 +183,15 @@ class SetQueryHead(_Projection):
             self.mlp[-1].bias.zero_()
 
     @classmethod
-    def from_params(cls, model: ModelParams, hidden_size: int, n_items: int = 0,
-                    passthrough: int = 0) -> "SetQueryHead":
+    def from_params(cls, model: ModelParams, hidden_size: int, passthrough: int = 0) -> "SetQueryHead":
         """Build from `params.model` (retrieval_dim, l2_normalize, item_bias, history_skip_items,
-        history_encoder), the width H, the catalogue size N (the encoder's ID table, `history_encoder.id_table`)
-        and the `passthrough` width p (the item-neighbourhood block, `model.item_neighbours`)."""
+        history_encoder), the width H and the `passthrough` width p (the item-neighbourhood block,
+        `model.item_neighbours`)."""
         reader = None
         if model.history_skip_items > 0:
             enc = model.history_encoder
-            if enc.id_table and n_items < 1:
-                raise ValueError("model.history_encoder.id_table needs the catalogue size (n_items)")
             encoder = CausalHistoryEncoder(hidden_size, enc.width, enc.layers, enc.heads, enc.dropout,
-                                           enc.max_items, n_items if enc.id_table else 0) \
-                if enc.kind == "attention" else None
+                                           enc.max_items) if enc.kind == "attention" else None
             reader = HistoryReader(enc.kind, hidden_size, model.history_skip_items, encoder, enc.width)
         return cls(hidden_size, model.retrieval_dim, model.l2_normalize, model.item_bias, reader,
                    model.standardise_momentum, passthrough)

@@ -82,18 +82,12 @@ class CausalHistoryEncoder(nn.Module):
     items 0..t of its row. Input projection `H → d` + a learned position per item ordinal (ordinals ≥
     `max_items` share the last row), dropout, then `layers` pre-norm encoder layers (GELU feed-forward 4·d)
     and a final LayerNorm: SASRec's sequence encoder, reading the model's own fused item vectors (ID + text
-    + collaborative modalities). With `n_ids > 0` (`model.history_encoder.id_table`) each item with a trained
-    ID also adds a private row of an `(n_ids, d)` table to its projected input — SASRec's own input
-    embedding (normal init, std 0.02); items without one (cold, content-only) add nothing.
+    + collaborative modalities).
     """
 
-    def __init__(self, in_dim: int, width: int, layers: int, heads: int, dropout: float, max_items: int,
-                 n_ids: int = 0) -> None:
+    def __init__(self, in_dim: int, width: int, layers: int, heads: int, dropout: float, max_items: int) -> None:
         super().__init__()
         self.max_items = max_items
-        self.id_embedding = nn.Embedding(n_ids, width) if n_ids > 0 else None
-        if self.id_embedding is not None:
-            nn.init.normal_(self.id_embedding.weight, std=0.02)
         self.project = nn.Linear(in_dim, width)
         self.positions = nn.Embedding(max_items, width)
         nn.init.normal_(self.positions.weight, std=0.02)
@@ -103,16 +97,11 @@ class CausalHistoryEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, table: Tensor, counts: Tensor, ids: Tensor | None = None) -> Tensor:
-        """table `(B, W, H)`, counts `(B,)` (every count ≥ 1), ids `(B, W)` long (-1 = no ID row; needed iff the
-        encoder has an ID table) → `(B, W, d)`; padded positions are undefined."""
+    def forward(self, table: Tensor, counts: Tensor) -> Tensor:
+        """table `(B, W, H)`, counts `(B,)` (every count ≥ 1) → `(B, W, d)`; padded positions are undefined."""
         b, w, _ = table.shape
         ordinal = torch.arange(w, device=table.device)
         x = self.project(table) + self.positions(ordinal.clamp(max=self.max_items - 1)).unsqueeze(0)
-        if (ids is None) != (self.id_embedding is None):
-            raise ValueError("CausalHistoryEncoder: item ids are needed exactly when it has an ID table")
-        if self.id_embedding is not None:
-            x = x + torch.where((ids >= 0).unsqueeze(-1), self.id_embedding(ids.clamp(min=0)), 0.0)
         future = ordinal.unsqueeze(0) > ordinal.unsqueeze(1)  # (W, W): key j after query i
         padded = ordinal.unsqueeze(0) >= counts.unsqueeze(1)  # (B, W)
         # a float mask (-inf) for both, so the fused attention kernels see one mask type
@@ -140,31 +129,17 @@ class HistoryReader(nn.Module):
         self.out_dim = in_dim if encoder is None else int(width)  # type: ignore[arg-type]
         self.context = window if encoder is None else encoder.max_items
 
-    @property
-    def reads_ids(self) -> bool:
-        """Whether `forward` needs the item ids (the encoder has its own ID table)."""
-        return self.encoder is not None and self.encoder.id_embedding is not None
-
     def forward(self, fused: Tensor, item_rows: Tensor, item_cols: Tensor, n_rows: int, read_rows: Tensor,
-                read_cols: Tensor, item_ids: Tensor | None = None) -> Tensor:
-        """fused `(P, H)` in (row, col) order, item_rows / item_cols `(P,)`, read_rows / read_cols `(R,)` → `(R, out_dim)`.
-        item_ids `(P,)` long, -1 where the item has no trained ID or enters content-only: only for `reads_ids`."""
+                read_cols: Tensor) -> Tensor:
+        """fused `(P, H)` in (row, col) order, item_rows / item_cols `(P,)`, read_rows / read_cols `(R,)` → `(R, out_dim)`."""
         if self.encoder is None:
             return recent_item_mean(fused, item_rows, item_cols, n_rows, read_rows, read_cols, self.window)
         if read_rows.numel() == 0 or fused.shape[0] == 0:
             return fused.new_zeros((read_rows.numel(), self.out_dim))
         table, cols, counts = item_table(fused, item_rows, item_cols, n_rows)
-        ids = None
-        if self.reads_ids:
-            if item_ids is None:
-                raise ValueError("HistoryReader: the encoder has an ID table (model.history_encoder.id_table), "
-                                 "pass item_ids")
-            ids = torch.full(cols.shape, -1, dtype=torch.long, device=fused.device)
-            ids[item_rows, slot_ordinals(item_rows, n_rows)[1]] = item_ids
         occupied = (counts > 0).nonzero(as_tuple=True)[0]  # rows without items never enter the encoder
         encoded = fused.new_zeros((n_rows, table.shape[1], self.out_dim))
-        encoded[occupied] = self.encoder(table[occupied], counts[occupied],
-                                         None if ids is None else ids[occupied]).to(encoded.dtype)
+        encoded[occupied] = self.encoder(table[occupied], counts[occupied]).to(encoded.dtype)
         upto = (cols[read_rows] <= read_cols.unsqueeze(1)).sum(1)  # (R,) items at or before the read position
         picked = encoded[read_rows, (upto - 1).clamp(min=0)]  # (R, d)
         return torch.where((upto > 0).unsqueeze(1), picked, 0.0)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from components.baselines.common import NextItemTask, evaluate_scorer
+from components.evaluation.ranking import NextItemTask, evaluate_scorer
 from components.model.modes import eval_mode
 from components.model.universal import UniversalRecModel
 

@@ -29,15 +29,10 @@ def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What training changes: every trainable parameter and the learned buffers, by name (no copies).
 
     The frozen backbone weights are left out (they are rebuilt from the cached backbone), so this is
-    what a checkpoint holds and what the best-point selection of the learning curve snapshots.
+    what a checkpoint holds.
     """
     state = {n: p for n, p in model.named_parameters() if p.requires_grad}
     return state | {n: b for n, b in model.named_buffers() if n.startswith(LEARNED_BUFFER_PREFIXES)}
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of `trainable_tensors`."""
-    return {n: t.detach().to("cpu", copy=True) for n, t in trainable_tensors(model).items()}
 
 
 def freeze_warmed_statistics(model: UniversalRecModel) -> None:
@@ -66,6 +61,9 @@ class RecDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(SequentialBatches(self.val, self.cfg.batch_size, self.pad_id), batch_size=None)
 
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device)
+
 
 class LitUniversalRec(L.LightningModule):
     def __init__(self, model: UniversalRecModel, cfg: TrainParams, seed: int) -> None:
@@ -76,9 +74,6 @@ class LitUniversalRec(L.LightningModule):
         self.strict_loading = False  # checkpoints carry only the trainable tensors
         self.last_losses: dict[str, float] = {}
         self._pending: dict[str, list[float]] = defaultdict(list)
-
-    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        return batch.to(device)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
@@ -114,7 +109,7 @@ class LitUniversalRec(L.LightningModule):
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         special = self.model.special_rows
         # after the collaborative warm-up, the modules it fitted learn at lr × `collab_warmup.lr_scale` (0 = kept
-        # as fitted): the same 8-prompt batches at the full rate undo the warm-up (measured, README "The model")
+        # as fitted): the same 8-prompt batches at the full rate undo the warm-up (measured: docs/experiments.md, "Collaborative warm-up")
         prior = {id(p) for n, p in params if n.startswith("verbaliser_prior.")}
         warmed = {id(p) for p in warmup_parameters(self.model)} - prior if self.cfg.collab_warmup.steps else set()
         rest = [p for _, p in params if p is not special and id(p) not in warmed | prior]

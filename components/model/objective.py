@@ -17,7 +17,7 @@ from torch import Tensor
 from components.model.batching import Batch
 from components.model.losses import build_candidates, multi_positive_loss, sampled_softmax_loss
 from components.model.prompting import VERBALISED_TASKS
-from components.model.verbalizer import verbalizer_loss
+from components.model.verbaliser import verbaliser_loss
 
 if TYPE_CHECKING:
     from components.model.universal import UniversalRecModel
@@ -38,7 +38,7 @@ def task_losses(model: UniversalRecModel, batch: Batch,
             if sel.any():
                 rows = sel.nonzero().squeeze(1)
                 logits = model.answer_logits(hidden, batch, task, rows, fused)
-                out[task] = verbalizer_loss(logits, batch.answer_index[rows])
+                out[task] = verbaliser_loss(logits, batch.answer_index[rows])
     if batch.label_rows.numel():
         label_task = [row_task[int(r)] for r in batch.label_rows]
         for task in sorted(set(label_task)):

@@ -9,7 +9,7 @@ the model replaces with the fused vector of item IDX. Then, by task family:
   sequence yields a retrieval target at every position, as SASRec/HSTU train.
 * verbalised tasks (ctr, rating): the answer is scored from the LM-head logits at the LAST prompt
   position, restricted to the verbaliser tokens; the asked-about item and its slot are recorded
-  (`answer_item`, `answer_slot`) for the collaborative prior (`verbalizer.VerbaliserPrior`).
+  (`answer_item`, `answer_slot`) for the collaborative prior (`verbaliser.VerbaliserPrior`).
 * text tasks (text, infill): `[LM]` then the target tokens and EOS; next-token labels only there.
 
 Over-long prompts are cut from the left (the question and the [UM] tokens at the end are kept).
@@ -30,7 +30,7 @@ TEXT_TASKS = ("text", "infill")
 DENSE_TASKS = ("next_item",)
 VERBALISERS: dict[str, tuple[str, ...]] = {"ctr": (CTR_ANSWERS[1], CTR_ANSWERS[0]),
                                            "rating": ("1", "2", "3", "4", "5")}
-"""Answer words per verbalised task (ctr: yes first, as `verbalizer.YES_INDEX`); textualize writes these."""
+"""Answer words per verbalised task (ctr: yes first, as `verbaliser.YES_INDEX`); textualize writes these."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,12 @@ estimate is the classic baseline predictor with a recency window, plus the histo
   representation) plus a free per-item offset for items seen in training — cold items get the content part;
 * r_(a), item_(a): the a-th most recent rated history item (a = 0 the latest), w_a learned per recency rank
   for the last `window` of them (the shrinkage and the recency decay of a user offset, learned instead of
-  tuned: on ml-100k a hand-tuned version, the residuals of the last 5 ratings summed and divided by 5 + 3,
-  has test RMSE 0.965, the whole history 1.015, the global mean 1.204 and the MF expert 1.000 —
-  `python scripts/rating_baselines.py`);
+  tuned; why a recency window: docs/experiments.md, "Rating: recent ratings vs MF");
 * s: the next-item score the history path gives the item (`UniversalRecModel.answer_scores`), β learned.
 
 The collaborative warm-up fits it on every position of its training windows (`warmup.warmup_loss`: the
 target item's rating given the rated items before it), as cheaply as it fits next-item prediction; the
-rating verbaliser then reads `r̂ − μ` through `VerbaliserPrior` (components/model/verbalizer.py).
+rating verbaliser then reads `r̂ − μ` through `VerbaliserPrior` (components/model/verbaliser.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from components.model.index import score_candidate_lists
 from components.model.neighbours import ItemNeighbours
 from components.model.objective import task_losses
 from components.model.rating import RatingEstimator
-from components.model.verbalizer import VerbaliserPrior, verbalizer_logits
+from components.model.verbaliser import VerbaliserPrior, verbaliser_logits
 
 
 class UniversalRecModel(nn.Module):
@@ -149,7 +149,7 @@ class UniversalRecModel(nn.Module):
         content-only) and, with `model.item_neighbours`, the neighbourhood block appended (the head passes it through)."""
         known = self.known_ids(ids, drop_id)
         reader = self.user_head.history_reader
-        out = reader(fused, item_rows, item_cols, n_rows, read_rows, read_cols, known if reader.reads_ids else None)
+        out = reader(fused, item_rows, item_cols, n_rows, read_rows, read_cols)
         if self.neighbours is None:
             return out
         block = self.neighbours.user_block(known, item_rows, item_cols, n_rows, read_rows, read_cols)
@@ -168,7 +168,7 @@ class UniversalRecModel(nn.Module):
 
     def known_ids(self, ids: Tensor, drop_id: Tensor | None = None) -> Tensor:
         """`ids` `(P,)` with -1 where the item has no trained ID or enters content-only (`drop_id` `(P,)`): what the
-        per-item tables of the history path read (the encoder's ID table, the neighbourhood factors)."""
+        item-neighbourhood factors of the history path read."""
         known = self.fusion.id_known[ids] if drop_id is None else self.fusion.id_known[ids] & ~drop_id
         return torch.where(known, ids, -1)
 
@@ -202,7 +202,7 @@ class UniversalRecModel(nn.Module):
         collaborative prior when the model has one (rating with a `RatingEstimator`: read from r̂ − μ)."""
         h = hidden[batch.answer_rows[rows], batch.answer_cols[rows]]
         head = self.lm_head()
-        logits = verbalizer_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
+        logits = verbaliser_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
         if self.verbaliser_prior is None:
             return logits
         if task == "rating" and self.rating_estimator is not None:

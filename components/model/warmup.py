@@ -3,7 +3,7 @@ next-item prediction from the training sequences, without the LLM, before LoRA t
 
 Why: the LLM path is the bottleneck of this CPU budget. With the same fusion, heads and loss, a user
 vector read from the recent-history path alone reaches validation HR@10 0.15 / NDCG@10 0.082 after
-600 steps of 128 windows (≈ 3 M next-item targets, ≈ 7 min here; measured, README "The model"), while
+600 steps of 128 windows (≈ 3 M next-item targets, ≈ 7 min here; measured: docs/experiments.md, "Collaborative warm-up"), while
 LoRA training sees ~8 prompts a step at ~0.75 s a step. So the item representation (ID table, modality MLPs, output rows, item bias)
 is first fitted the cheap way, as LLaRA / E4SRec / CoLLM start from collaborative item embeddings,
 and the LLM then learns on top of meaningful item vectors. After the warm-up the hidden-state MLP of
@@ -21,12 +21,11 @@ the ≤ `max_len` items before its end; at every position t the user vector is `
 reader over the window's items ≤ t)`, the target the item at t + 1 (exactly the dense next-item read-out of
 LoRA training); exact softmax over the whole catalogue. One fusion pass over the catalogue per step gives
 both the output vectors and the windows' input vectors (one modality-dropout draw per item and step).
-`content_weight` adds the same softmax over content-only output vectors (cold-start's condition),
-`rating_weight` the rating estimate's error on every rated target (components/model/rating.py).
+`rating_weight` adds the rating estimate's error on every rated target (components/model/rating.py).
 
 Early stopping (`eval_every > 0`): every `eval_every` steps the history path ranks every item for each
 validation user (history = the user's training sequence, train items excluded, the evaluator the SASRec
-expert early-stops with: `baselines.common.evaluate_scorer`); the state of the best validation NDCG@10
+expert early-stops with: `evaluation.ranking.evaluate_scorer`); the state of the best validation NDCG@10
 is kept and restored at the end, and the warm-up stops after `patience` evaluations without a better one.
 `steps` is then an upper bound (and the length of the learning-rate schedule).
 """
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from components.baselines.common import NextItemTask, evaluate_scorer
+from components.evaluation.ranking import NextItemTask, evaluate_scorer
 from components.config import CollabWarmupParams
 from components.model.losses import sampled_softmax_loss
 from components.model.history_scoring import HistoryPathScorer, choose_neighbour_weight
@@ -127,15 +126,12 @@ def sample_rated_windows(sequences: list[np.ndarray], ratings: list[np.ndarray],
 
 
 def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.Tensor,
-                content_weight: float = 0.0, ratings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ratings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 rating_weight: float = 0.0) -> tuple[torch.Tensor, int]:
     """(full-softmax next-item loss of the history path over one batch of windows `(B, L)`, #targets).
 
-    With `content_weight` w > 0 the loss is (1 - w) · that + w · the same targets' softmax over every item's
-    CONTENT-ONLY output vector (ID and collaborative modalities dropped: what a cold item always is), so the
-    content path learns to rank on its own, as cold-start retrieval uses it. With `ratings` (the inputs' and
-    the targets' ratings `(B, L)`, nan = none) and `rating_weight` > 0 it adds `rating_weight` × the rating
-    estimate's loss at every position (`rating_loss`)."""
+    With `ratings` (the inputs' and the targets' ratings `(B, L)`, nan = none) and `rating_weight` > 0 it adds
+    `rating_weight` × the rating estimate's loss at every position (`rating_loss`)."""
     valid = inputs >= 0
     rows, cols = valid.nonzero(as_tuple=True)  # (P,) each, row-major = the (row, col) order of `collate`
     # one fusion pass over the catalogue (one modality-dropout draw per item and step) serves the inputs too:
@@ -147,10 +143,6 @@ def warmup_loss(model: UniversalRecModel, inputs: torch.Tensor, targets: torch.T
     ids = torch.arange(model.n_items, device=inputs.device)
     log_q = torch.zeros(model.n_items, device=inputs.device)
     loss = sampled_softmax_loss(users, targets[valid], ids, item_vecs, log_q, model.temperature)
-    if content_weight > 0:
-        content = model.item_vectors(drop_id=True)  # (N, D [+1])
-        content_loss = sampled_softmax_loss(users, targets[valid], ids, content, log_q, model.temperature)
-        loss = (1 - content_weight) * loss + content_weight * content_loss
     if ratings is not None and rating_weight > 0:
         affinity = (users.squeeze(1) * item_vecs[targets[valid]]).sum(-1).detach()  # (P,) the history path's s
         loss = loss + rating_weight * rating_loss(model, inputs, targets, fused_all, use_id, ratings, affinity)
@@ -182,29 +174,10 @@ def warmup_parameters(model: UniversalRecModel, with_prior: bool = False) -> lis
     return params
 
 
-def item_table_parameters(model: UniversalRecModel) -> list[torch.nn.Parameter]:
-    """The per-item tables the warm-up fits (`collab_warmup.weight_decay` applies to these only): the input ID
-    embedding, the output ID rows and the history encoder's own ID table, where present."""
-    encoder = model.user_head.history_reader.encoder if model.user_head.history_reader is not None else None
-    tables = [model.fusion.id_embedding, model.item_head.output_ids, getattr(encoder, "id_embedding", None)]
-    return [t.weight for t in tables if t is not None and t.weight.requires_grad]
-
-
 def _warmup_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
     """Copies of everything the warm-up changes: fusion, the history path (+ its statistics), the item head."""
     prefixes = ("fusion.", "user_head.history_", "item_head.", "rating_estimator.", "verbaliser_prior.")
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
-
-
-@torch.no_grad()
-def _swap(params: list[torch.nn.Parameter], values: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
-    """Load `values` into `params` in place and return copies of what they held (None: nothing to do)."""
-    if values is None:
-        return None
-    held = [p.detach().clone() for p in params]
-    for p, v in zip(params, values):
-        p.copy_(v)
-    return held
 
 
 def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: CollabWarmupParams, seed: int,
@@ -233,10 +206,7 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
         raise ValueError("train.collab_warmup.rating_weight > 0 needs the training ratings")
     start = time.perf_counter()
     params = warmup_parameters(model, with_prior=bool(cfg.rating_weight))
-    tables = {id(p) for p in item_table_parameters(model)}
-    groups = [{"params": [p for p in params if id(p) in tables], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if id(p) not in tables], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     model.train()
     points: list[list[float]] = []
@@ -246,7 +216,6 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     since_best = 0  # evaluations since the best one
     scorer = HistoryPathScorer(model)
-    average = [p.detach().clone() for p in params] if cfg.ema_decay else None  # Polyak average of `params`
     bar = tqdm(range(cfg.steps), desc="collab warm-up", unit="step", mininterval=2.0)
     for step in bar:
         rng = np.random.default_rng([seed, 7, step])
@@ -257,16 +226,12 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
             rated = (torch.from_numpy(in_r), torch.from_numpy(out_r))
         else:
             inputs, targets = sample_windows(sequences, cfg.batch_size, cfg.max_len, rng)
-        loss, n_targets = warmup_loss(model, torch.from_numpy(inputs), torch.from_numpy(targets), cfg.content_weight,
-                                      rated, cfg.rating_weight)
+        loss, n_targets = warmup_loss(model, torch.from_numpy(inputs), torch.from_numpy(targets), rated,
+                                      cfg.rating_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if average is not None:  # decay ramps up as (1+t)/(10+t) so the first steps don't pin it at the init
-            weight = 1 - min(cfg.ema_decay, (1 + step) / (10 + step))
-            for mean, p in zip(average, params):
-                mean.lerp_(p.detach(), weight)
         total_targets += n_targets
         pending.append(float(loss.detach()))
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
@@ -274,21 +239,16 @@ def collab_warmup(model: UniversalRecModel, sequences: list[np.ndarray], cfg: Co
             bar.set_postfix(loss=f"{points[-1][1]:.3f}")
             pending = []
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            raw = _swap(params, average)  # evaluate (and keep) the averaged weights
             ndcg = evaluate_scorer(scorer, valid, ks=(10,), batch_size=512)["ndcg@10"]  # type: ignore[arg-type]
             valid_curve.append([step + 1, ndcg])
             log.info("collab warm-up step %d: validation NDCG@10 %.4f", step + 1, ndcg)
-            state = _warmup_state(model) if best is None or ndcg > best[0] else None
-            _swap(params, raw)
-            if state is not None:
-                best, since_best = (ndcg, step + 1, state), 0
+            if best is None or ndcg > best[0]:
+                best, since_best = (ndcg, step + 1, _warmup_state(model)), 0
             elif (since_best := since_best + 1) >= cfg.patience:
                 log.info("collab warm-up: no better validation NDCG@10 for %d evaluations, stopping", cfg.patience)
                 break
     if best is not None:
         model.load_state_dict(best[2], strict=False)
-    elif average is not None:
-        _swap(params, average)
     model.user_head.silence_hidden_path()
     seconds = time.perf_counter() - start
     first = points[0][1] if points else float("nan")

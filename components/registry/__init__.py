@@ -2,7 +2,7 @@
 
 * `register_model(params)` (register.py): log the pyfunc (bundle.py, pyfunc_model.py) into the training run,
   register a version of `registry.model_name`, alias `registry.challenger_alias`;
-* `promote(params, rollback=False)` (promotion.py, gate.py): move `registry.champion_alias` to the challenger
+* `promote(params, rollback=False)` (promotion.py, promotion_gate.py): move `registry.champion_alias` to the challenger
   when the gate passes; `rollback=True` restores the previous champion;
 * `fetch_model_version(params, alias, dst)` and `recommend(...)` (serve.py): use a registered version;
 * engine.py / requests.py: the served recommender and its request validation.

@@ -6,6 +6,7 @@ any machine):
 
     params.yaml                 effective params (overrides applied), paths rewritten
     model/                      train.out_dir: adapter/, modules.safetensors, item_vectors.npy, model.json
+    gates.json                  select_gates.out_file: the per-task hidden-state gates chosen on validation
     index/                      index.out_dir: items.faiss + meta.json (built from model/item_vectors.npy)
     data/embeddings/            frozen item tables the model reads (text.npy, collab.npy, neighbours.npy, extras)
     data/splits/                train / valid / cold / cold_items (stored histories, item statistics)
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 
 from components.config import Params
-from components.fetch import sha256_of
+from components.utils import sha256_of
 from components.tables import id_map_path, table_path
 
 BACKBONE_FILE = "backbone.json"
@@ -93,6 +94,7 @@ def bundle_params(params: Params) -> dict[str, Any]:
     raw["embed_items"]["out_dir"] = "data/embeddings"
     raw["train"].update(out_dir="model", checkpoint_dir="checkpoints")
     raw["index"]["out_dir"] = "index"
+    raw["select_gates"]["out_file"] = "gates.json"
     raw["textualize"]["registry"] = "prompts/registry.yaml"
     raw["mlflow"]["tracking_uri"] = params.tracking_uri()
     for section, key in (("backbone", "gguf_file"), ("backbone", "cache_dir"), ("backbone", "hf_dir"),
@@ -110,6 +112,8 @@ def build_bundle(params: Params, dst: Path) -> Path:
     if not (model_dir / "modules.safetensors").is_file():
         raise BundleError(f"{model_dir}: no trained model (modules.safetensors); run `unirec train` first")
     _copy(model_dir, dst / "model", "trained model folder (train.out_dir)")
+    _copy(params.resolve(params.select_gates.out_file), dst / "gates.json",
+          "hidden-state gates (select_gates.out_file; run `unirec select-gates`)")
     _copy(params.resolve(params.index.out_dir), dst / "index", "faiss index (index.out_dir; run `unirec index`)")
     embeddings = params.resolve(params.embed_items.out_dir)
     for pattern in EMBEDDING_PATTERNS:

@@ -12,7 +12,7 @@ and batched (`model.batching.collate`), and answered in one forward pass per bat
 * candidate_choice: max-over-M scores of the row's candidates, best k;
 * ctr: p(yes) from the yes/no verbaliser logits; rating: the expected rating (1..5) under the verbaliser
   softmax — one output row per requested item, ranked by that score;
-* text, infill: greedy generation after [LM] (`evaluation.universal.generate_batch`).
+* text, infill: greedy generation after [LM] (`model.inference.generate_batch`).
 
 `encode_example` / `collate` need a target on set-out rows and an answer word on ctr / rating rows (the
 training losses read them); serving prompts carry a placeholder there (`_PLACEHOLDER_ANSWER`, the row's
@@ -32,13 +32,13 @@ import pandas as pd
 import torch
 
 from components.config import Params, load_params
-from components.evaluation.universal import generate_batch, length_buckets
+from components.model.inference import generate_batch, length_buckets
 from components.indexing import load_item_index
 from components.model.batching import Batch, collate
 from components.model.build import Built, load_trained
 from components.model.index import CandidateIndex, TorchIndex, score_candidate_lists
 from components.model.prompting import TEXT_TASKS, VERBALISERS, encode_example
-from components.model.verbalizer import ctr_probability, rating_expectation
+from components.model.verbaliser import ctr_probability, rating_expectation
 from components.registry.bundle import verify_backbone
 from components.registry.requests import (SCORED_TASKS, Catalogue, Options, RequestError, Row, parse_options,
                                           parse_rows)
@@ -78,7 +78,7 @@ class Recommender:
         if params.registry.serving.num_threads:
             torch.set_num_threads(params.registry.serving.num_threads)
         model_dir = params.resolve(params.train.out_dir)
-        built = load_trained(params, model_dir)
+        built = load_trained(params, model_dir, params.resolve(params.select_gates.out_file))
         index = load_item_index(params.resolve(params.index.out_dir), model_dir / "item_vectors.npy", params.index)
         vectors = np.ascontiguousarray(np.load(model_dir / "item_vectors.npy"), dtype=np.float32)
         engine = cls(params, built, index, vectors)

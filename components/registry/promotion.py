@@ -11,7 +11,7 @@ Aliases and tags only (stages are deprecated). State lives in the registry:
 
 `promote`: no champion yet → the challenger becomes champion (first model); challenger already champion →
 unchanged (reruns are idempotent); a version that was rolled back is never re-promoted; otherwise the gate
-(gate.py) decides. `promote(rollback=True)`: the champion alias returns to the previous entry of the history
+(promotion_gate.py) decides. `promote(rollback=True)`: the champion alias returns to the previous entry of the history
 and the demoted version is tagged rolled_back. Both write `registry.promotion_file`.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from components.config import Params
-from components.registry.gate import GateResult, decide
+from components.registry.promotion_gate import GateResult, decide
 from components.registry.store import (HISTORY_TAG, PREVIOUS_TAG, RegistryError, champion_history, client_for,
                                        registered_aliases, version_figures, write_json)
 

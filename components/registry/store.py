@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from components.config import Params  # noqa: E402
 from components.evaluation.tracking import metric_name  # noqa: E402
-from components.fetch import sha256_of  # noqa: E402
+from components.utils import sha256_of  # noqa: E402
 
 FINGERPRINT_TAG = "unirec.fingerprint"
 HISTORY_TAG = "champion_history"

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from components.baselines import load_baselines, train_baselines
-from components.baselines.common import (evaluate_scorer, fit_early_stopping, load_split_data, next_item_task,
-                                         rank_metrics, rank_of_targets)
+from components.baselines.common import fit_early_stopping
+from components.evaluation.ranking import (evaluate_scorer, load_split_data, next_item_task, rank_metrics,
+                                           rank_of_targets)
 from components.baselines.ctr import ctr_metrics, fit_ctr, genre_matrix, popularity_buckets
 from components.baselines.mf import fit_mf, rating_errors
 from components.baselines.popularity import Popularity

@@ -26,6 +26,7 @@ import pytest
 
 from components.config import Params
 from components.indexing import build_item_index
+from components.select_gates import select_gates
 from components.train import train
 from tests.conftest import params_in
 from tests.model.conftest import TINY_MODEL, prepare_tiny_project
@@ -121,6 +122,8 @@ class Stack:
         return params_in(self.project, {
             **TINY_MODEL, "mlflow.tracking_uri": self.server.url, "train.out_dir": str(self.shared / "unirec"),
             "train.checkpoint_dir": str(self.shared / "checkpoints"), "index.out_dir": str(self.shared / "index"),
+            "select_gates.out_file": str(self.shared / "gates.json"),
+            "select_gates.metrics_file": str(self.shared / "metrics" / "gates.json"),
             "paths.metrics_dir": str(out / "metrics"), "evaluate.metrics_file": str(out / "eval.json"),
             "registry.metrics_file": str(out / "registry.json"),
             "registry.promotion_file": str(out / "promotion.json"), **overrides})
@@ -141,6 +144,7 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
             stack = Stack(server, project, shared, run_id="")
             trained = stack.params(shared)
             stack.run_id = str(train(trained).mlflow_run_id)
+            select_gates(trained)
             build_item_index(trained)
         except BaseException:
             server.stop()

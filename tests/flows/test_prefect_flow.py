@@ -50,8 +50,10 @@ WORSE = {"train.max_steps": 1, "train.resume": False, "registry.gate_margin": 1.
 def test_the_dag_comes_from_dvc_yaml_and_follows_the_data() -> None:
     plan = build_plan(load_params(REPO / "params.yaml"))
     assert plan["ingest"].needs == ("fetch",)  # dataset.path = fetch.dataset.out_dir
-    assert plan["train"].needs == ("fetch", "split", "textualize", "embed-items")
-    assert plan["evaluate"].needs == ("fetch", "split", "textualize", "embed-items", "train", "baselines")
+    assert plan["train"].needs == ("fetch", "validate", "split", "textualize", "embed-items")
+    assert plan["select-gates"].needs == ("fetch", "validate", "split", "textualize", "embed-items", "train")
+    assert plan["evaluate"].needs == ("fetch", "validate", "split", "textualize", "embed-items", "train",
+                                      "select-gates", "baselines")
     assert plan["promote"].needs == ("register",)  # through registry.json
     tiny = build_plan(load_params(REPO / "params.yaml", OVERRIDES))
     assert tiny["ingest"].needs == ()  # the tiny fixture is not fetched
@@ -72,9 +74,9 @@ def test_only_transient_errors_are_retried() -> None:
 
 
 def test_a_bad_override_fails_before_any_step_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline import main
+    from flows.pipeline import run
 
-    assert main(["--params", str(REPO / "params.yaml"), "--set", "train.no_such_key=1"]) == 1
+    assert run(str(REPO / "params.yaml"), {"train.no_such_key": 1}, [], []) == 1
     err = capsys.readouterr().err
     assert err.startswith("unirec flow failed:") and "train.no_such_key" in err and "no such key" in err
 
@@ -146,7 +148,7 @@ def test_identical_rerun_hits_the_cache_for_every_step_and_changes_nothing(proje
 def test_a_worse_param_reruns_only_train_and_its_dependents_and_the_gate_refuses(project: Path) -> None:
     plan = build_plan(_params(project))
     expected = {"train"} | downstream(plan, "train")
-    assert expected == {"train", "index", "evaluate", "register", "promote"}
+    assert expected == {"train", "select-gates", "index", "evaluate", "register", "promote"}
     statuses = _run(project, **WORSE)
     assert {s for s, v in statuses.items() if v == "ran"} == expected, statuses
     assert {s for s, v in statuses.items() if v == "cached"} == set(STEPS) - expected

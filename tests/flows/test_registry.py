@@ -18,10 +18,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from components.fetch import sha256_of
+from components.utils import sha256_of
 from components.indexing import ItemIndexError, build_item_index, load_item_index
 from components.registry import fetch_model_version, promote, register_model
-from components.registry.gate import decide, lower_is_better, regression
+from components.registry.promotion_gate import decide, lower_is_better, regression
 from components.registry.store import RegistryError
 from tests.flows.registry_stack import Stack, eval_figures, shared_stack
 from unirec.cli import app

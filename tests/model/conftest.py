@@ -29,8 +29,7 @@ TINY_MODEL: dict[str, object] = {
     "train.collab_warmup.steps": 3,
     "train.collab_warmup.batch_size": 8,
     "model.history_encoder.width": 16,  # the attention history encoder at test size
-    "train.select_best": False,  # tests that train keep the last step; test_training.py tests the selection
-    "train.hidden_gate.users": 3,  # the validation sweep at test size (test_hidden_gate.py checks it)
+    "select_gates.users": 3,  # the validation sweep at test size (test_select_gates.py checks it)
 }
 
 
@@ -60,6 +59,8 @@ def model_params(model_project: Path, tmp_path: Path):
         return params_in(model_project, {**TINY_MODEL, "train.out_dir": str(tmp_path / "unirec"),
                                          "train.checkpoint_dir": str(tmp_path / "checkpoints"),
                                          "paths.metrics_dir": str(tmp_path / "metrics"),
+                                         "select_gates.out_file": str(tmp_path / "gates.json"),
+                                         "select_gates.metrics_file": str(tmp_path / "metrics" / "gates.json"),
                                          "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                          **(overrides or {})})
 

@@ -13,6 +13,7 @@ from components.bench_train import item_names
 from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.prompting import encode_example
+from components.select_gates import select_gates
 from components.train import train
 
 EOS = 0
@@ -65,12 +66,15 @@ def trained(tmp_path_factory, model_project):
     params = params_in(model_project, {**TINY_MODEL, "train.out_dir": str(tmp / "unirec"),
                                        "train.checkpoint_dir": str(tmp / "checkpoints"),
                                        "paths.metrics_dir": str(tmp / "metrics"),
+                                       "select_gates.out_file": str(tmp / "gates.json"),
+                                       "select_gates.metrics_file": str(tmp / "metrics" / "gates.json"),
                                        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
                                        "train.max_steps": 3, "train.precision": "32-true",
                                        "benchmark.retrieval_users": 3, "benchmark.retrieval_k": 5,
                                        "benchmark.retrieval_warmup": 1,
                                        "benchmark.retrieval_max_new_tokens": 64})
     train(params)
+    select_gates(params)
     return params
 
 

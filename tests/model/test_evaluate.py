@@ -26,11 +26,12 @@ from components.evaluation.experts import template_free
 from components.evaluation.rows import EvalData, parse_spans, rank_rows, sample_users, span_matches
 from components.evaluation.scoring import MetricContext, by_kind, by_template, sensitivity, task_metrics
 from components.evaluation.tracking import flatten_metrics, metric_name
-from components.evaluation.universal import generate_batch, length_buckets
+from components.model.inference import generate_batch, length_buckets
 from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.data import load_examples
 from components.model.prompting import encode_example
+from components.select_gates import select_gates
 from components.train import train
 from tests.conftest import params_in
 from tests.model.conftest import TINY_MODEL
@@ -156,6 +157,8 @@ def _params(project: Path, out: Path, **extra: object) -> Params:
     return params_in(project, {**TINY_MODEL, **FAST_EXPERTS, "train.out_dir": str(out / "unirec"),
                                "train.checkpoint_dir": str(out / "checkpoints"),
                                "paths.metrics_dir": str(out / "metrics"),
+                               "select_gates.out_file": str(out / "gates.json"),
+                               "select_gates.metrics_file": str(out / "metrics" / "gates.json"),
                                "mlflow.tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
                                "baselines.out_dir": str(out / "baselines"),
                                "baselines.metrics_file": str(out / "metrics" / "baselines_train.json"),
@@ -172,6 +175,7 @@ def evaluated(model_project: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     params = _params(model_project, out)
     with _inside(out):
         train(params)
+        select_gates(params)
         train_baselines(params)
         return params, evaluate(params)
 

@@ -138,24 +138,3 @@ def test_attention_reader_reads_the_last_item_before_each_position() -> None:
     torch.testing.assert_close(got[4], row2[0])
     torch.testing.assert_close(got[5], row2[1])
     assert reader.out_dim == 8
-
-
-def test_encoder_id_table_adds_rows_only_for_items_with_an_id() -> None:
-    """`history_encoder.id_table`: item k's row enters where ids == k; -1 (cold / content-only) adds nothing."""
-    torch.manual_seed(0)
-    enc = CausalHistoryEncoder(12, 8, 1, 2, 0.0, max_items=6, n_ids=5).eval()
-    reader = HistoryReader("attention", 12, 4, enc, 8)
-    assert reader.reads_ids and not HistoryReader("attention", 12, 4, _encoder(), 8).reads_ids
-    fused = torch.randn(3, 12)
-    rows, cols = torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 2])
-    with torch.no_grad():
-        none = reader(fused, rows, cols, 1, torch.tensor([0]), torch.tensor([2]), torch.tensor([-1, -1, -1]))
-        with_ids = reader(fused, rows, cols, 1, torch.tensor([0]), torch.tensor([2]), torch.tensor([4, -1, 2]))
-        enc.id_embedding.weight.zero_()
-        zeroed = reader(fused, rows, cols, 1, torch.tensor([0]), torch.tensor([2]), torch.tensor([4, -1, 2]))
-        plain = enc(fused.unsqueeze(0), torch.tensor([3]), torch.full((1, 3), -1))[0, 2]
-    assert not torch.allclose(none, with_ids)
-    torch.testing.assert_close(zeroed, none)  # zero rows = no rows
-    torch.testing.assert_close(none[0], plain)
-    with pytest.raises(ValueError, match="item_ids"):
-        reader(fused, rows, cols, 1, torch.tensor([0]), torch.tensor([2]))

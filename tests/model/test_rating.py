@@ -108,7 +108,7 @@ def test_warmup_fits_the_estimate_and_the_verbaliser_reads_it(model_params) -> N
     model = built.model
     est = model.rating_estimator
     train = pd.read_parquet(params.resolve(params.paths.splits_dir) / "train.parquet")
-    assert abs(float(est.mean) - float(train["rating"].mean())) < 1e-5  # μ starts at the training mean
+    assert abs(float(est.mean.detach()) - float(train["rating"].mean())) < 1e-5  # μ starts at the training mean
     frame = _rating_rows(params)
     examples = encode_frames({"rating": frame}, built.backbone.tokenizer, built.spec, progress=False)["rating"]
     batch = collate(examples, built.backbone.tokenizer.pad_token_id or 0)

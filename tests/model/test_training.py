@@ -15,9 +15,8 @@ import torch
 from components.config import TASKS
 from components.model.batching import collate
 from components.model.build import build_model, load_trained, save_artifacts
-from components.evaluation.curve import RetrievalCurve
 from components.model.data import encode_frames, load_examples
-from components.model.lightning import LEARNED_BUFFER_PREFIXES, trainable_state
+from components.model.lightning import LEARNED_BUFFER_PREFIXES
 from components.train import train
 
 
@@ -239,72 +238,22 @@ def test_run_artifacts_stay_in_the_project_not_the_working_directory(model_param
     assert not (elsewhere / "mlruns").exists()
 
 
-class _RecordTrainable(L.Callback):
-    """Keeps `trainable_state` after step 0 (train start) and after every optimizer step."""
-
-    def __init__(self) -> None:
-        self.states: dict[int, dict[str, torch.Tensor]] = {}
-
-    def on_train_start(self, trainer, module) -> None:
-        self.states[int(trainer.global_step)] = trainable_state(module.model)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, idx) -> None:
-        self.states[int(trainer.global_step)] = trainable_state(module.model)
-
-
-def _saved_trainable(params) -> dict[str, torch.Tensor]:
-    """Every tensor of the model reloaded from the saved artefacts (a loaded model trains nothing)."""
-    return load_trained(params).model.state_dict()
-
-
-def test_select_best_saves_the_best_curve_point_by_mean_ndcg(model_params) -> None:
-    """train.select_best: the saved model is the state of the curve point with the highest mean NDCG@10."""
-    params = model_params({"train.curve_every_n_steps": 1, "train.max_steps": 4, "train.resume": False,
-                           "train.select_best": True, "train.precision": "32-true"})
-    recorder = _RecordTrainable()
-    report = train(params, callbacks=[recorder])
-    points = json.loads((params.resolve(params.paths.metrics_dir) / "train.json").read_text())["retrieval_curve"]
-    assert [p["step"] for p in points] == [0, 1, 2, 3, 4]
-    means = [np.mean([v["ndcg@10"] for k, v in p.items() if k not in ("step", "seconds")]) for p in points]
-    expected = points[int(np.argmax(means))]["step"]  # first maximum: ties keep the earlier point
-    assert report.selected_step == expected
-    saved = _saved_trainable(params)
-    for name, tensor in recorder.states[expected].items():
-        torch.testing.assert_close(saved[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_select_best_restores_a_middle_step_and_survives_a_resume(model_params, tmp_path, monkeypatch) -> None:
-    """A chosen middle point (step 2) is restored, also after a crash at step 3 and a resume from step 2."""
-    monkeypatch.setattr(RetrievalCurve, "score", staticmethod(lambda point: -abs(point["step"] - 2)))
+def test_curve_points_survive_a_resume(model_params) -> None:
+    """The learning curve travels in the checkpoint: after a crash at step 3 and a resume, train.json holds every
+    point of the run, and they equal an uninterrupted run's (the curve never changes training)."""
     overrides = {"train.curve_every_n_steps": 1, "train.max_steps": 4, "train.checkpoint_every_n_steps": 2,
-                 "train.select_best": True, "train.precision": "32-true"}
-    straight = model_params({**overrides, "train.out_dir": str(tmp_path / "straight"),
-                             "train.checkpoint_dir": str(tmp_path / "straight_ckpt")})
-    recorder = _RecordTrainable()
-    assert train(straight, callbacks=[recorder]).selected_step == 2
-    saved = _saved_trainable(straight)
-    assert any(not torch.equal(recorder.states[2][n], recorder.states[4][n]) for n in saved), "steps 2 and 4 equal"
-    for name, tensor in recorder.states[2].items():
-        torch.testing.assert_close(saved[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-    resumed = model_params({**overrides, "train.out_dir": str(tmp_path / "resumed"),
-                            "train.checkpoint_dir": str(tmp_path / "resumed_ckpt")})
+                 "train.precision": "32-true"}
+    straight = model_params({**overrides, "train.resume": False})
+    train(straight)
+    expected = json.loads((straight.resolve(straight.paths.metrics_dir) / "train.json").read_text())["retrieval_curve"]
+    resumed = model_params({**overrides, "train.resume": True, "train.out_dir": straight.train.out_dir + "_r",
+                            "train.checkpoint_dir": straight.train.checkpoint_dir + "_r"})
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(resumed, callbacks=[_Crash(at_step=3)])
     report = train(resumed)
-    assert report.resumed_from is not None and report.throughput["batches"] == 2 and report.selected_step == 2
+    assert report.resumed_from is not None and report.throughput["batches"] == 2
     points = json.loads((resumed.resolve(resumed.paths.metrics_dir) / "train.json").read_text())["retrieval_curve"]
     assert [p["step"] for p in points] == [0, 1, 2, 3, 4]  # the points before the crash came with the checkpoint
-    again = _saved_trainable(resumed)
-    for name in recorder.states[2]:
-        torch.testing.assert_close(again[name], saved[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
-    # rerun of a finished run: Lightning skips the fit loop (and on_train_end); the selection still holds
-    report = train(resumed)
-    assert report.throughput["batches"] == 0 and report.selected_step == 2
-    for name, tensor in _saved_trainable(resumed).items():
-        torch.testing.assert_close(tensor, again[name], atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_select_best_needs_the_curve(model_params) -> None:
-    with pytest.raises(ValueError, match="select_best needs the retrieval curve"):
-        model_params({"train.select_best": True, "train.curve_every_n_steps": 0})
+    for got, want in zip(points, expected):
+        for template in resumed.train.curve_templates:
+            assert got[template] == pytest.approx(want[template], abs=1e-4), (got["step"], template)

@@ -71,7 +71,7 @@ def test_item_neighbours_settings_are_checked() -> None:
     with pytest.raises(ParamsError, match="history_skip_items"):
         load_params(REPO / "params.yaml", {"model.item_neighbours.window": 5, "model.history_skip_items": 0,
                                            "model.verbaliser_prior": False, "model.rating_prior_window": 0,
-                                           "train.hidden_gate.grid": []})
+                                           "select_gates.grid": []})
     grid = load_params(REPO / "params.yaml", {"model.item_neighbours.weight_grid": [2.0, 0.0, 1.0]})
     assert grid.model.item_neighbours.weight_grid == [0.0, 1.0, 2.0]
 

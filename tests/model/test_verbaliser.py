@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.model.verbalizer import ctr_probability, rating_expectation, verbalizer_logits, verbalizer_loss
+from components.model.verbaliser import ctr_probability, rating_expectation, verbaliser_logits, verbaliser_loss
 
 
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 6), bias=st.booleans())
@@ -20,7 +20,7 @@ def test_logits_equal_full_vocabulary_columns(seed: int, k: int, bias: bool) -> 
     lm_bias = torch.randn(50, generator=gen) if bias else None
     token_ids = torch.randint(0, 50, (k,), generator=gen)
     full = hidden @ weight.T + (lm_bias if bias else 0.0)  # (B, V)
-    got = verbalizer_logits(hidden, weight, token_ids, lm_bias)
+    got = verbaliser_logits(hidden, weight, token_ids, lm_bias)
     assert got.shape == (3, k)
     assert torch.allclose(got, full[:, token_ids], atol=1e-5)
 
@@ -39,16 +39,16 @@ def test_rating_expectation_hand_computed() -> None:
         rating_expectation(logits, values=(1.0, 2.0))
 
 
-def test_verbalizer_loss_hand_computed() -> None:
+def test_verbaliser_loss_hand_computed() -> None:
     # logits (0, ln 3), target 0: -log(1 / (1 + 3)) = ln 4 = 1.386294
-    loss = verbalizer_loss(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([0]))
+    loss = verbaliser_loss(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([0]))
     assert loss.item() == pytest.approx(1.386294, abs=1e-6)
 
 
 def test_gradient_reaches_hidden_and_selected_rows_only() -> None:
     hidden = torch.randn(2, 8, requires_grad=True)
     weight = torch.randn(20, 8, requires_grad=True)
-    verbalizer_loss(verbalizer_logits(hidden, weight, torch.tensor([4, 9])), torch.tensor([0, 1])).backward()
+    verbaliser_loss(verbaliser_logits(hidden, weight, torch.tensor([4, 9])), torch.tensor([0, 1])).backward()
     assert hidden.grad.abs().sum() > 0
     touched = weight.grad.abs().sum(dim=1).nonzero().flatten().tolist()
     assert touched == [4, 9]

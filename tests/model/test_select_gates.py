@@ -1,5 +1,5 @@
-"""Per-task hidden-state gate (`train.hidden_gate`, components/evaluation/gate.py): the head's algebra, the
-choice rule, the validation sweep inside `unirec train` and what the saved model carries."""
+"""Per-task hidden-state gate (step `select-gates`, components/select_gates.py): the head's algebra, the
+choice rule, the validation sweep after `unirec train`, and the gates file every consumer applies."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.config import TASKS
-from components.evaluation.gate import choose_gate, gate_data
 from components.evaluation.scoring import MetricContext, headline_metric, task_metrics
-from components.evaluation.universal import InferenceConfig, catalogue_vectors, predict_task
-from components.model.build import load_trained
+from components.evaluation.universal import predict_task
+from components.model.build import load_trained, read_gates
 from components.model.heads import SetQueryHead
 from components.model.history import HistoryReader
+from components.model.inference import InferenceConfig, catalogue_vectors
+from components.select_gates import choose_gate, gate_data, select_gates
 from components.train import train
 
 GRID = [0.0, 0.5, 1.0]
@@ -70,22 +71,26 @@ def test_choose_gate_takes_the_best_and_breaks_ties_towards_the_trained_head() -
 
 def test_grid_and_tasks_are_validated(model_params) -> None:
     with pytest.raises(ValueError, match="distinct values in"):
-        model_params({"train.hidden_gate.grid": [0.0, 1.2]})
+        model_params({"select_gates.grid": [0.0, 1.2]})
     with pytest.raises(ValueError, match="only set-out tasks have a hidden-state gate"):
-        model_params({"train.hidden_gate.tasks": ["ctr"]})
-    assert model_params({"train.hidden_gate.grid": [1.0, 0.0]}).train.hidden_gate.grid == [0.0, 1.0]
+        model_params({"select_gates.tasks": ["ctr"]})
+    assert model_params({"select_gates.grid": [1.0, 0.0]}).select_gates.grid == [0.0, 1.0]
 
 
-def test_train_chooses_gates_on_validation_and_the_saved_model_uses_them(model_params) -> None:
-    """The sweep's figure at the chosen gate is what the evaluator measures with the saved model on the same
-    validation rows; the rows are seen templates of validation users only; train.json and the model agree."""
-    params = model_params({"train.hidden_gate.grid": GRID, "train.hidden_gate.users": 3,
+def test_select_gates_chooses_on_validation_and_every_consumer_applies_the_file(model_params) -> None:
+    """The sweep's figure at the chosen gate is what the evaluator measures with the model loaded with the gates
+    file on the same validation rows; the rows are seen templates of validation users only; the metrics file,
+    the gates file and the loaded model agree; training itself saves no gate."""
+    params = model_params({"select_gates.grid": GRID, "select_gates.users": 3, "select_gates.autocast_bf16": False,
                            "train.max_steps": 2, "train.resume": False, "train.precision": "32-true"})
-    report = train(params)
-    gates = report.hidden_gate
-    assert gates is not None and set(gates["selected"]) == set(params.train.hidden_gate.tasks)
-    written = json.loads((params.resolve(params.paths.metrics_dir) / "train.json").read_text())["hidden_gate"]
-    assert written["selected"] == gates["selected"]
+    train(params)
+    assert "hidden_gate" not in json.loads((params.resolve(params.paths.metrics_dir) / "train.json").read_text())
+    ungated = load_trained(params)
+    assert bool((ungated.model.user_head.task_gate == 1.0).all())
+    select_gates(params)
+    gates = json.loads(params.resolve(params.select_gates.metrics_file).read_text())
+    assert set(gates["selected"]) == set(params.select_gates.tasks)
+    assert read_gates(params.resolve(params.select_gates.out_file)) == gates["selected"]
     for task, scores in gates["scores"].items():
         assert list(scores) == ["0", "0.5", "1"] and all(0.0 <= v <= 1.0 for v in scores.values())
         assert gates["selected"][task] == choose_gate({float(g): v for g, v in scores.items()})
@@ -94,10 +99,10 @@ def test_train_chooses_gates_on_validation_and_the_saved_model_uses_them(model_p
     data = gate_data(params)
     assert data.split == "valid"
     assert all(set(f["template_kind"]) == {"seen"} for f in data.frames.values())
-    built = load_trained(params)
+    built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
     saved = {t: float(built.model.user_head.task_gate[TASKS.index(t)]) for t in gates["selected"]}
     assert saved == gates["selected"]
-    cfg = InferenceConfig(batch_size=params.evaluate.batch_size, top_k=params.evaluate.top_k,
+    cfg = InferenceConfig(batch_size=params.select_gates.batch_size, top_k=params.select_gates.top_k,
                           max_new_tokens=params.evaluate.max_new_tokens, autocast_bf16=False)
     ctx = MetricContext(ks=(cfg.top_k,), top_k=cfg.top_k, tail_items=frozenset(), genres=data.genres,
                         mask_format=data.mask_format)
@@ -112,6 +117,14 @@ def test_gate_needs_the_history_path(model_params) -> None:
     no_history = {"model.history_skip_items": 0, "model.verbaliser_prior": False, "model.rating_prior_window": 0,
                   "model.item_neighbours.window": 0,
                   "train.collab_warmup.steps": 0}
-    with pytest.raises(ValueError, match="hidden_gate needs the history path"):
-        model_params({**no_history, "train.hidden_gate.grid": GRID})
-    assert model_params({**no_history, "train.hidden_gate.grid": []}).train.hidden_gate.grid == []
+    with pytest.raises(ValueError, match="select_gates needs the history path"):
+        model_params({**no_history, "select_gates.grid": GRID})
+    assert model_params({**no_history, "select_gates.grid": []}).select_gates.grid == []
+
+
+def test_gates_file_errors_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `unirec select-gates` first"):
+        read_gates(tmp_path / "gates.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json: not a gates file"):
+        read_gates(tmp_path / "bad.json")

@@ -18,7 +18,7 @@ YES_INDEX = 0
 """Column of the "yes" token in CTR verbaliser logits `(B, 2)` (column 1 is "no")."""
 
 
-def verbalizer_logits(
+def verbaliser_logits(
     hidden: Tensor, lm_head_weight: Tensor, token_ids: Tensor, lm_head_bias: Tensor | None = None
 ) -> Tensor:
     """`(B, H)` answer-position hidden states × `(V, H)` LM head, restricted to `(K,)` token ids → `(B, K)`.
@@ -49,7 +49,7 @@ def rating_expectation(logits: Tensor, values: Sequence[float] | Tensor = (1.0, 
     return torch.softmax(logits.float(), dim=-1) @ value_tensor
 
 
-def verbalizer_loss(logits: Tensor, target_index: Tensor) -> Tensor:
+def verbaliser_loss(logits: Tensor, target_index: Tensor) -> Tensor:
     """Mean cross-entropy over the K verbaliser tokens: `(B, K)` logits, `(B,)` long targets → scalar float32."""
     return F.cross_entropy(logits.float(), target_index)
 

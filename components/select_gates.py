@@ -1,23 +1,25 @@
-"""Per-task hidden-state gate of the user head, chosen on validation after training (`train.hidden_gate`).
+"""Pipeline step `select-gates`: the per-task hidden-state gate of the user head, chosen on validation.
 
 A set-out user vector is `normalise(g · MLP(hidden state) + MLP_h(history))` (and the item-bias factor
-`1 + g · a(hidden state)`): the LLM's reading of the prompt added to the collaborative history path that
-the warm-up fitted. With g = 1 for every task this is the trained model. Measured on the default run
-(README, "Measured"), the hidden-state part helps some tasks (candidate lists, the query prompts) and
-costs others (cold-start HR@10 0.354 with it, 0.41 from the history path alone). So after the last
-training step every task of `train.hidden_gate.tasks` gets the g of `train.hidden_gate.grid` with the
-best headline metric (NDCG@10, candidate NDCG@5) on the SEEN templates of `train.hidden_gate.users`
-seeded validation users — the test split and the held-out templates are never read. One decoder pass per
-batch serves the whole grid (the gate acts after the decoder). Ties go to the larger g (closer to the
-trained model). The gates are a buffer of the user head (`task_gate`), saved with the model and used
-by `unirec evaluate`, the retrieval benchmark and serving alike.
+`1 + g · a(hidden state)`): the LLM's reading of the prompt added to the collaborative history path that the
+warm-up fitted (docs/design.md §8). With g = 1 for every task this is the trained model. After training,
+every task of `select_gates.tasks` gets the g of `select_gates.grid` with the best headline metric (NDCG@K,
+candidate lists NDCG@5) on the SEEN templates of `select_gates.users` seeded validation users — the test
+split and the held-out templates are never read. One decoder pass per batch serves the whole grid (the gate
+acts after the decoder). Ties go to the larger g (closer to the trained model).
+
+The choice is written to `select_gates.out_file` (task → gate), which `load_trained` applies for
+`unirec evaluate`, the benchmarks, `register` (the file travels in the bundle) and serving; the validation
+figure of every (task, gate) goes to `select_gates.metrics_file`. Being its own step, editing an evaluation
+metric or the grid reruns this step, not training.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
@@ -26,9 +28,10 @@ from tqdm import tqdm
 from components.config import TASKS, Params
 from components.evaluation.rows import EvalData, load_eval_data
 from components.evaluation.scoring import MetricContext, headline_metric, task_metrics
-from components.evaluation.universal import (KEEP, SET_OUT_TASKS, InferenceConfig, catalogue_vectors,
-                                             decoder_states, length_buckets, set_out_outputs)
+from components.evaluation.universal import KEEP, set_out_outputs
 from components.model.batching import collate
+from components.model.build import load_trained
+from components.model.inference import InferenceConfig, catalogue_vectors, decoder_states, length_buckets
 from components.model.prompting import encode_example
 
 log = logging.getLogger(__name__)
@@ -45,20 +48,27 @@ class GateReport:
     rows: dict[str, int] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if not self.selected:
+            return "select-gates: no grid (select_gates.grid: []): every gate 1"
+        return "select-gates (validation): " + ", ".join(
+            f"{t} {g:g} ({self.metric[t]} {self.scores[t][f'{g:g}']:.4f})" for t, g in self.selected.items())
 
 
 def gate_data(params: Params) -> EvalData:
-    """Validation rows of the sweep: `hidden_gate.users` seeded users per gated task, seen templates only."""
-    cfg = params.train.hidden_gate
+    """Validation rows of the sweep: `select_gates.users` seeded users per gated task, seen templates only."""
+    cfg = params.select_gates
     users = {t: (cfg.users if t in cfg.tasks else 1) for t in TASKS}
     shrunk = params.model_copy(update={"evaluate": params.evaluate.model_copy(
-        update={"split": "valid", "users_per_task": users})})
+        update={"split": "valid", "users_per_task": users, "seed_offset": cfg.seed_offset})})
     data = load_eval_data(shrunk)
     frames = {}
     for task in cfg.tasks:
         frame = data.frames.get(task)
         if frame is None or frame.empty:
-            log.warning("hidden_gate: no validation rows of %s; its gate stays 1", task)
+            log.warning("select-gates: no validation rows of %s; its gate stays 1", task)
             continue
         frames[task] = frame[frame["template_kind"] == "seen"].reset_index(drop=True)
     return EvalData(**{**data.__dict__, "frames": frames})
@@ -81,7 +91,7 @@ def sweep_task(model, tokenizer, spec, task: str, data: EvalData, item_vecs: tor
     model.eval()
     with torch.inference_mode():
         for idx in tqdm(length_buckets([len(e.input_ids) for e in encoded], cfg.batch_size),
-                        desc=f"hidden gate {task}", leave=False, disable=None):
+                        desc=f"select-gates {task}", leave=False, disable=None):
             batch = collate([encoded[i] for i in idx], int(tokenizer.pad_token_id))
             hidden = decoder_states(model, batch, cfg)
             for g in grid:
@@ -93,28 +103,26 @@ def sweep_task(model, tokenizer, spec, task: str, data: EvalData, item_vecs: tor
     return {g: task_metrics(task, pd.concat([base, pd.DataFrame(out)], axis=1), ctx) for g, out in outputs.items()}
 
 
-def select_hidden_gates(params: Params, built) -> GateReport:  # built: components.model.build.Built
-    """Sweep `train.hidden_gate.grid` on validation for every gated task and set the chosen gates on
-    `built.model` (`user_head.task_gate`). An empty grid is a no-op (every gate stays 1)."""
-    cfg = params.train.hidden_gate
+def sweep_gates(params: Params, built) -> GateReport:  # built: components.model.build.Built
+    """Sweep `select_gates.grid` on validation for every gated task and set the chosen gates on `built.model`
+    (`user_head.task_gate`). An empty grid measures nothing (every gate stays 1)."""
+    cfg = params.select_gates
     report = GateReport()
     if not cfg.grid:
         return report
     model = built.model
     if model.user_head.history_reader is None:
-        raise ValueError("train.hidden_gate needs the history path (model.history_skip_items > 0): with "
+        raise ValueError("select_gates needs the history path (model.history_skip_items > 0): with "
                          "gate 0 the user vector would have nothing left")
     start = time.perf_counter()
     data = gate_data(params)
-    inference = InferenceConfig(batch_size=params.evaluate.batch_size, top_k=params.evaluate.top_k,
-                                max_new_tokens=params.evaluate.max_new_tokens,
-                                autocast_bf16=params.evaluate.autocast_bf16)
-    ctx = MetricContext(ks=(inference.top_k,), top_k=inference.top_k, tail_items=frozenset(),
-                        genres=data.genres, mask_format=data.mask_format)
-    was_training = model.training
+    inference = InferenceConfig(batch_size=cfg.batch_size, top_k=cfg.top_k, max_new_tokens=1,
+                                autocast_bf16=bool(cfg.autocast_bf16))
+    ctx = MetricContext(ks=(cfg.top_k,), top_k=cfg.top_k, tail_items=frozenset(), genres=data.genres,
+                        mask_format=data.mask_format)
     item_vecs = catalogue_vectors(model)
     for task, frame in data.frames.items():
-        metric = headline_metric(task, inference.top_k)
+        metric = headline_metric(task, cfg.top_k)
         scores = {g: float(m[metric]) for g, m in sweep_task(model, built.backbone.tokenizer, built.spec, task, data,
                                                              item_vecs, list(cfg.grid), inference, ctx).items()}
         chosen = choose_gate(scores)
@@ -122,12 +130,23 @@ def select_hidden_gates(params: Params, built) -> GateReport:  # built: componen
         report.scores[task] = {f"{g:g}": round(v, 5) for g, v in sorted(scores.items())}
         report.selected[task] = chosen
         report.rows[task], report.users[task] = len(frame), int(frame["user_idx"].nunique())
-        log.info("hidden gate %s: %s on validation %s -> gate %g", task, report.metric[task],
-                 report.scores[task], chosen)
+        log.info("select-gates %s: %s on validation %s -> gate %g", task, metric, report.scores[task], chosen)
     model.user_head.set_task_gates(report.selected)
-    model.train(was_training)
     report.seconds = round(time.perf_counter() - start, 2)
     return report
 
 
-__all__ = ["GateReport", "SET_OUT_TASKS", "choose_gate", "gate_data", "select_hidden_gates", "sweep_task"]
+def select_gates(params: Params) -> GateReport:
+    """The step: load the trained model, sweep, write `select_gates.out_file` and `select_gates.metrics_file`."""
+    if params.evaluate.num_threads:
+        torch.set_num_threads(params.evaluate.num_threads)
+    built = load_trained(params, gates_file=None)
+    report = sweep_gates(params, built)
+    out, metrics = params.resolve(params.select_gates.out_file), params.resolve(params.select_gates.metrics_file)
+    for path in (out, metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    gates = {t: float(g) for t, g in report.selected.items()}
+    out.write_text(json.dumps({"gates": gates}, indent=2) + "\n", encoding="utf-8")
+    metrics.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    report.files = {"gates": str(out), "metrics": str(metrics)}
+    return report
