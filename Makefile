@@ -56,14 +56,17 @@ repro: $(STAMP)
 champion-eval: $(STAMP)
 	$(BIN)/unirec flow champion-eval $(RUN_ARGS)
 
-# Scheduled runs (README "Orchestration"): a local Prefect server, the deployments of prefect.yaml, a worker.
+# Scheduled runs (docs/operations.md): a local Prefect server, the deployments of prefect.yaml, a worker of the
+# process pool (runs weekly-retrain and daily-champion-eval; retrain-gpu needs a worker on unirec-gpu).
 server: $(STAMP)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
+# deploy: every work pool prefect.yaml names (flows/deploy.py creates the missing ones as process pools and keeps
+# existing ones: safe to rerun), then Prefect's own CLI. The server's scheduler then creates the cron runs and the
+# worker runs them (tests/flows/test_schedules.py waits for one).
 deploy: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect work-pool create unirec-process --type process --overwrite
-	# = `prefect --no-prompt deploy --all`, plus the fix of flows/deploy.py (the plain CLI stops after one deployment)
-	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/python -m flows.deploy --all
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/python -m flows.deploy --prefect-file prefect.yaml
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(STAMP)
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} UNIREC_PROJECT_DIR=$(CURDIR) PATH=$(abspath $(BIN)):$$PATH \

@@ -1,62 +1,73 @@
-"""`prefect --no-prompt deploy …` on prefect.yaml, with one compatibility fix for the pinned versions.
+"""The work pools of prefect.yaml: the first step of `make deploy` (and of the compose stack's deploy job).
 
-`python -m flows.deploy --all` runs exactly Prefect's own `prefect --no-prompt deploy --all`. Why not call
-the CLI directly: after creating each deployment, Prefect 3.8.8's deploy command asks the API whether a
-worker of the pool is online (`read_workers_for_work_pool`) and sends `"offset": null, "limit": null`;
-FastAPI 0.154 (pinned because prefect 3.8.8 breaks with >= 0.155) no longer maps an explicit null body
-field to its default, the server answers 422 and the command aborts after the FIRST deployment. The fix
-sends the server's own defaults (offset 0, limit PREFECT_SERVER_API_DEFAULT_LIMIT) instead of nulls;
-nothing else changes. Remove this module once the fastapi / prefect pins agree again.
+`prefect --no-prompt deploy --all` does not create work pools: on a fresh server it stops at the first
+deployment whose pool is missing. `python -m flows.deploy` reads the pool names from the deployments of
+prefect.yaml and creates each missing one as a `process` pool (every unirec worker is a process worker:
+`make worker`, the compose `prefect-worker` and `trainer`) with Prefect's default process job template.
+A pool that already exists is left as it is (its type, template, limits and pause state), so the command
+is idempotent and never undoes a tuned pool. It talks only to PREFECT_API_URL.
 """
 
 from __future__ import annotations
 
-import functools
+import argparse
 import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 import flows  # noqa: F401  (offline defaults before prefect is imported)
 
-
-def _explicit_paging(method: Any, is_async: bool) -> Any:
-    def fill(kwargs: dict[str, Any]) -> dict[str, Any]:
-        from prefect.settings import get_current_settings
-
-        limit = kwargs.get("limit")
-        return {**kwargs, "offset": kwargs.get("offset") or 0,
-                "limit": limit if limit is not None else get_current_settings().server.api.default_limit}
-
-    if is_async:
-        @functools.wraps(method)
-        async def wrapper(self: Any, work_pool_name: str, worker_filter: Any = None, **kwargs: Any) -> Any:
-            return await method(self, work_pool_name, worker_filter, **fill(kwargs))
-    else:
-        @functools.wraps(method)
-        def wrapper(self: Any, work_pool_name: str, worker_filter: Any = None, **kwargs: Any) -> Any:
-            return method(self, work_pool_name, worker_filter, **fill(kwargs))
-    wrapper.__unirec_paging_fix__ = True  # type: ignore[attr-defined]
-    return wrapper
+POOL_TYPE = "process"
 
 
-def apply_paging_fix() -> None:
-    from prefect.client.orchestration._work_pools.client import WorkPoolAsyncClient, WorkPoolClient
+def work_pool_names(prefect_file: Path) -> list[str]:
+    """The pools the deployments of `prefect_file` run on, in file order, each once."""
+    config = yaml.safe_load(Path(prefect_file).read_text()) or {}
+    names: list[str] = []
+    for deployment in config.get("deployments") or []:
+        name = ((deployment or {}).get("work_pool") or {}).get("name")
+        if not name:
+            raise ValueError(f"{prefect_file}: deployment {deployment.get('name')!r} names no work_pool.name")
+        if name not in names:
+            names.append(name)
+    return names
 
-    for cls, is_async in ((WorkPoolClient, False), (WorkPoolAsyncClient, True)):
-        method = cls.read_workers_for_work_pool
-        if not getattr(method, "__unirec_paging_fix__", False):
-            cls.read_workers_for_work_pool = _explicit_paging(method, is_async)  # type: ignore[method-assign]
+
+def ensure_work_pools(names: list[str], pool_type: str = POOL_TYPE) -> dict[str, str]:
+    """Create every pool of `names` that the API does not have; returns name → 'created' / 'exists (<type>)'."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.base import BaseWorker
+
+    worker_cls = BaseWorker.get_worker_class_from_type(pool_type)
+    if worker_cls is None:
+        raise ValueError(f"no worker of type {pool_type!r} is installed")
+    outcome: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                outcome[name] = f"exists ({client.read_work_pool(name).type})"
+                continue
+            except ObjectNotFound:
+                pass
+            template: dict[str, Any] = worker_cls.get_default_base_job_template()
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
+                outcome[name] = "created"
+            except ObjectAlreadyExists:  # created meanwhile by another deploy
+                outcome[name] = f"exists ({client.read_work_pool(name).type})"
+    return outcome
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_paging_fix()
-    from prefect.cli import app
-
-    args = list(sys.argv[1:] if argv is None else argv) or ["--all"]
-    sys.argv = ["prefect", "--no-prompt", "deploy", *args]  # Prefect's CLI entry point reads sys.argv
-    try:
-        app()
-    except SystemExit as exc:  # the CLI exits with its status
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
+    ap.add_argument("--prefect-file", type=Path, default=Path("prefect.yaml"))
+    args = ap.parse_args(argv)
+    for name, state in ensure_work_pools(work_pool_names(args.prefect_file)).items():
+        print(f"work pool {name}: {state}")
     return 0
 
 

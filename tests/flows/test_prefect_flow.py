@@ -218,16 +218,12 @@ def test_prefect_yaml_deploys_both_schedules_and_the_gpu_deployment(tmp_path: Pa
     with get_client(sync_client=True) as client:
         api = client.api_url
     env = {**os.environ, "PREFECT_API_URL": str(api).rstrip("/"), "PYTHONPATH": str(tmp_path)}
-    prefect = [sys.executable, "-m", "prefect"]
-    for pool in ("unirec-process", "unirec-gpu"):
-        subprocess.run([*prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], cwd=tmp_path,
-                       env=env, check=True, capture_output=True, timeout=300)
-    # plain `prefect --no-prompt deploy --all` creates the first deployment, then aborts (flows/deploy.py says why)
-    plain = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=600)
-    if plain.returncode != 0:
-        assert "workers/filter" in plain.stdout + plain.stderr, plain.stdout[-3000:] + plain.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "-m", "flows.deploy", "--all"], cwd=tmp_path, env=env,
+    # `make deploy`: the pools prefect.yaml names (flows/deploy.py), then the plain CLI
+    pools = subprocess.run([sys.executable, "-m", "flows.deploy", "--prefect-file", "prefect.yaml"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert pools.returncode == 0, pools.stdout[-3000:] + pools.stderr[-3000:]
+    assert "work pool unirec-gpu: created" in pools.stdout, pools.stdout
+    proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("successfully created") == 3, proc.stdout[-3000:]

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from components.config import load_params
+from flows.deploy import work_pool_names
 from flows.pipeline import ENV_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,17 +180,20 @@ def test_workers_serve_the_pools_of_prefect_yaml_from_the_image_workdir() -> Non
     pools = {d["work_pool"]["name"] for d in PREFECT["deployments"]}
     served = {_flag(n, "--pool") for n in ("prefect-worker", "trainer")}
     assert pools == served == {"unirec-process", "unirec-gpu"}
+    assert work_pool_names(REPO / "prefect.yaml") == ["unirec-process", "unirec-gpu"]  # what the deploy job creates
+    # the compose deploy job = `make deploy`: the pools of prefect.yaml, then Prefect's CLI (in that order)
     deploy_cmd = " ".join(_args("prefect-deploy"))
-    for pool in pools:
-        assert f"work-pool create {pool} --type process" in deploy_cmd
-    assert "python -m flows.deploy --all" in deploy_cmd
+    make_deploy = re.search(r"^deploy:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    for recipe in (deploy_cmd, make_deploy):
+        pools_at = recipe.index("python -m flows.deploy --prefect-file prefect.yaml")
+        assert pools_at < recipe.index("prefect --no-prompt deploy --all"), recipe
     assert PREFECT["pull"] == [{"prefect.deployments.steps.set_working_directory":
                                 {"directory": "{{ $UNIREC_PROJECT_DIR }}"}}]
     workdir = re.search(r"^WORKDIR (\S+)$", (INFRA / "Dockerfile").read_text(), re.M).group(1)
     for name in FLOW_SERVICES:
         assert SVC[name]["environment"]["UNIREC_PROJECT_DIR"] == workdir
     makefile = (REPO / "Makefile").read_text()
-    assert "--pool unirec-process" in makefile and "work-pool create unirec-process --type process" in makefile
+    assert "--pool unirec-process" in makefile
 
 
 def test_state_volumes_hold_every_output_path_of_params() -> None:
