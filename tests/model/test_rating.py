@@ -125,7 +125,7 @@ def test_warmup_fits_the_estimate_and_the_verbaliser_reads_it(model_params) -> N
                   ratings=user_sequences(train, "rating"))
     assert not torch.equal(recency, est.recency.detach())
     assert rmse() < before, (rmse(), before)
-    assert float(model.verbaliser_prior.scale["rating"].abs().sum()) > 0  # the prior was fitted too
+    assert float(model.verbaliser_prior.scale["rating"].detach().abs().sum()) > 0  # the prior was fitted too
     # the rating verbaliser's prior reads r̂ − μ (the LM logits are the rest)
     model.eval()
     with torch.no_grad():
