@@ -192,7 +192,7 @@ def _read_parquet(path: Path, delimiter: str, limit: int) -> RawTable:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise IngestError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
     if df.empty:
         raise IngestError(f"{path}: has no rows")
     header = [str(c) for c in df.columns]

@@ -13,9 +13,10 @@ import pytest
 
 from components.config import Params
 from components.ingest import IngestError, ingest
-from components.tables import TABLES, table_path
+from components.tables import table_path
 from components.validate import ValidationFailed, ValidationReport, validate
 from tests.fixtures import corrupt_u_data
+from tests.fixtures.steps import ingest_and_validate
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "fixtures" / "corrupt_u_data.py"
@@ -43,14 +44,7 @@ def _set_field(path: Path, line: int, field: int, value: bytes) -> None:
 
 
 def _run(params: Params) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
-    ingest(params)
-    report = validate(params)
-    folder = params.resolve(params.paths.quarantine_dir)
-    quarantine = {t: pd.read_parquet(table_path(folder, t)) for t in TABLES}
-    for t in TABLES:
-        r = report.tables[t]
-        assert r.rows_in == r.kept + r.quarantined == len(quarantine[t]) + r.kept
-    return report, quarantine
+    return ingest_and_validate(params)
 
 
 def _reasons(frame: pd.DataFrame) -> dict[int, tuple[str, str]]:

@@ -15,7 +15,7 @@ import pytest
 
 from components.config import Params
 from components.ingest import ingest
-from components.tables import TABLES, table_path
+from components.tables import table_path
 from components.validate import ValidationFailed, ValidationReport, validate
 from tests.fixtures.clean_data import (
     INTER_HEADER,
@@ -29,6 +29,7 @@ from tests.fixtures.clean_data import (
     recbole_files,
     recbole_overrides,
 )
+from tests.fixtures.steps import ingest_and_validate
 
 
 def _params(make_params: Callable[..., Params], tmp_path: Path, files: dict[str, bytes],
@@ -41,13 +42,7 @@ def _params(make_params: Callable[..., Params], tmp_path: Path, files: dict[str,
 
 
 def _run(params: Params) -> tuple[ValidationReport, dict[str, pd.DataFrame], dict[str, object]]:
-    ingest(params)
-    report = validate(params)
-    folder = params.resolve(params.paths.quarantine_dir)
-    quarantine = {t: pd.read_parquet(table_path(folder, t)) for t in TABLES}
-    for t in TABLES:
-        r = report.tables[t]
-        assert r.rows_in == r.kept + r.quarantined == r.kept + len(quarantine[t])
+    report, quarantine = ingest_and_validate(params)
     ingest_report = json.loads((params.resolve(params.paths.interim_dir) / "ingest_report.json").read_text())
     return report, quarantine, ingest_report
 
