@@ -122,6 +122,7 @@ class DatasetParams(_Strict):
 
 class IngestParams(_Strict):
     id_map_seed_offset: int
+    max_field_chars: int = Field(ge=1)
 
 
 class ValidateParams(_Strict):

@@ -2,7 +2,8 @@
 
 Outputs (under ``paths.interim_dir``): ``interactions.parquet``, ``items.parquet``,
 ``users.parquet`` (every input row, unparsable ones flagged in ``parse_error``), ``id_maps/users.parquet``
-and ``id_maps/items.parquet`` (raw id ↔ contiguous index) and ``ingest_report.json``.
+and ``id_maps/items.parquet`` (raw id ↔ contiguous index) and ``ingest_report.json`` (per table: rows
+read, unparsable rows, blank lines skipped, optional attributes set to null and why).
 
 Missing items/users files are fine: the entity table is derived from the interaction ids.
 Id maps are deterministic: the sorted distinct ids are permuted with a seeded RNG, so an index
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Params
-from components.ingest.convert import typed_frame
+from components.ingest.convert import NulledAttribute, ParsedTable, typed_frame
 from components.ingest.formats import read_dataset
 from components.ingest.reader import IngestError
 from components.tables import COLUMNS, DERIVED_SOURCE, id_map_path, table_path
@@ -34,6 +35,9 @@ class TableCount:
     source: str
     rows_read: int
     parse_errors: int
+    blank_lines: int = 0
+    nulled_attributes: dict[str, NulledAttribute] = field(default_factory=dict)
+    """Optional attribute (column) → rows whose value could not be converted and was set to null."""
 
 
 @dataclass
@@ -47,8 +51,11 @@ class IngestReport:
     def summary(self) -> str:
         lines = [f"ingest {self.dataset} ({self.format}):"]
         for name, c in self.tables.items():
+            blank = f", {c.blank_lines} blank line(s) skipped" if c.blank_lines else ""
             lines.append(f"  {name:<12} {c.rows_read:>8} rows read from {c.source}, "
-                         f"{c.parse_errors} unparsable (quarantined by validate)")
+                         f"{c.parse_errors} unparsable (quarantined by validate){blank}")
+            lines += [f"  {'':<12} {a.rows:>8} {column} value(s) unreadable, set to null (row kept), "
+                      f"e.g. {a.examples[0]}" for column, a in c.nulled_attributes.items()]
         lines.append("  id maps: " + ", ".join(f"{k} {v}" for k, v in self.id_maps.items()))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -62,8 +69,8 @@ def build_id_map(ids: pd.Series, seed: int) -> pd.DataFrame:
     return frame.astype({"raw_id": "string"})
 
 
-def _derive_entities(inter: pd.DataFrame, table: str) -> pd.DataFrame:
-    """An items/users table holding just the distinct ids of parsable interactions."""
+def _derive_entities(inter: pd.DataFrame, table: str) -> ParsedTable:
+    """An items/users table holding just the distinct ids of parsable interactions (maybe none)."""
     key = "item_id" if table == "items" else "user_id"
     ids = sorted(set(inter.loc[inter["parse_error"].isna(), key].dropna()))
     frame = pd.DataFrame({c: None for c in (*COLUMNS[table], "parse_error", "raw")}, index=range(len(ids)))
@@ -74,32 +81,34 @@ def _derive_entities(inter: pd.DataFrame, table: str) -> pd.DataFrame:
         frame["text_fields"] = "{}"
     else:
         frame["attributes"] = "{}"
-    return typed_frame(frame, table)
+    return ParsedTable(frame=typed_frame(frame, table), source=DERIVED_SOURCE)
 
 
 def ingest(params: Params) -> IngestReport:
     """Read `params.dataset`, write interim tables, id maps and a report; return the report."""
-    (inter, items, users), notes = read_dataset(params.dataset, params.root)
-    sources = {"interactions": inter["source_file"].iloc[0]}
+    (inter, items, users), notes = read_dataset(params.dataset, params.root, params.ingest.max_field_chars)
     if items is None:
-        items = _derive_entities(inter, "items")
+        items = _derive_entities(inter.frame, "items")
         notes.append("no items file: items table derived from interaction item ids (ids only)")
     if users is None:
-        users = _derive_entities(inter, "users")
+        users = _derive_entities(inter.frame, "users")
         notes.append("no users file: users table derived from interaction user ids (ids only)")
     out = params.resolve(params.paths.interim_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frames = {"interactions": inter, "items": items, "users": users}
+    tables = {"interactions": inter, "items": items, "users": users}
     counts: dict[str, TableCount] = {}
-    for name, frame in frames.items():
+    for name, parsed in tables.items():
+        frame = parsed.frame
         frame.to_parquet(table_path(out, name), index=False)
-        counts[name] = TableCount(source=sources.get(name, str(frame["source_file"].iloc[0])),
-                                  rows_read=len(frame), parse_errors=int(frame["parse_error"].notna().sum()))
+        counts[name] = TableCount(source=parsed.source, rows_read=len(frame),
+                                  parse_errors=int(frame["parse_error"].notna().sum()),
+                                  blank_lines=parsed.blank_lines, nulled_attributes=parsed.nulled)
+        notes += parsed.notes
     seed = params.seed + params.ingest.id_map_seed_offset
     id_maps = {}
     for entity, key in (("users", "user_id"), ("items", "item_id")):
-        ok = frames[entity]["parse_error"].isna()
-        id_map = build_id_map(frames[entity].loc[ok, key], seed)
+        frame = tables[entity].frame
+        id_map = build_id_map(frame.loc[frame["parse_error"].isna(), key], seed)
         path = id_map_path(out, entity)
         path.parent.mkdir(parents=True, exist_ok=True)
         id_map.to_parquet(path, index=False)

@@ -18,8 +18,9 @@ import pandas as pd
 from components.config import DatasetParams, GenericInteractions, GenericItems, GenericUsers
 from components.ingest.convert import (
     FieldSpec,
+    Nulled,
+    ParsedTable,
     as_float,
-    as_int,
     as_label,
     as_text,
     as_year,
@@ -27,9 +28,9 @@ from components.ingest.convert import (
     json_object,
     timestamp_converter,
 )
-from components.ingest.reader import IngestError, RawRecord, RawTable, read_delimited
+from components.ingest.reader import IngestError, RawRecord, RawTable, read_delimited, too_long
 
-Frames = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]
+Frames = tuple[ParsedTable, ParsedTable | None, ParsedTable | None]
 
 # RecBole field names that carry canonical meaning (RecBole's own dataset conventions).
 _RECBOLE_TITLE = ("movie_title", "title", "item_name", "name")
@@ -44,13 +45,16 @@ _GROUPLENS_GENRES = (
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 
 
-def read_dataset(ds: DatasetParams, root: Path) -> tuple[Frames, list[str]]:
-    """Read the configured dataset; returns the frames and notes (ignored columns, null years...)."""
+def read_dataset(ds: DatasetParams, root: Path, max_field_chars: int) -> tuple[Frames, list[str]]:
+    """Read the configured dataset; returns the tables and notes (ignored columns...).
+
+    A row with a field longer than `max_field_chars` is unparsable (ingest.max_field_chars).
+    """
     folder = Path(ds.path) if Path(ds.path).is_absolute() else root / ds.path
     if not folder.is_dir():
         raise IngestError(f"{folder}: dataset folder not found (dataset.path in params.yaml)")
     reader = {"recbole": _read_recbole, "grouplens": _read_grouplens, "generic": _read_generic}
-    return reader[ds.format](ds, folder)
+    return reader[ds.format](ds, folder, max_field_chars)
 
 
 # ---------------------------------------------------------------- RecBole atomic files
@@ -61,19 +65,30 @@ def _recbole_names(raw: RawTable) -> list[str]:
     return names
 
 
+def _delimiter_hint(raw: RawTable) -> str:
+    """A hint when the header is a single column that holds another common delimiter."""
+    if len(raw.header) != 1:
+        return ""
+    seen = [d for d in (",", ";", "\t", "|") if d != raw.delimiter and d in raw.header[0]]
+    return (f" (the header is one column holding {seen[0]!r}: is the delimiter {raw.delimiter!r} right?)"
+            if seen else "")
+
+
 def _require(raw: RawTable, names: list[str], wanted: tuple[str, ...]) -> None:
     missing = [w for w in wanted if w not in names]
     if missing:
-        raise IngestError(f"{raw.path}: missing required column(s) {missing}; header has {raw.header}")
+        raise IngestError(f"{raw.path}: missing required column(s) {missing} in the header (line 1); "
+                          f"header has {raw.header}{_delimiter_hint(raw)}")
 
 
 def _first_of(names: list[str], options: tuple[str, ...]) -> int | None:
     return next((names.index(o) for o in options if o in names), None)
 
 
-def _read_recbole(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
+def _read_recbole(ds: DatasetParams, folder: Path, limit: int) -> tuple[Frames, list[str]]:
     enc, prefix, notes = ds.recbole.encoding, ds.recbole.prefix, []
-    inter_raw = read_delimited(folder / f"{prefix}.inter", delimiter="\t", encoding=enc, has_header=True)
+    inter_raw = read_delimited(folder / f"{prefix}.inter", delimiter="\t", encoding=enc, has_header=True,
+                               max_field_chars=limit)
     names = _recbole_names(inter_raw)
     _require(inter_raw, names, ("user_id", "item_id", "timestamp"))
     specs = [FieldSpec("user_id", names.index("user_id"), as_text),
@@ -91,7 +106,7 @@ def _read_recbole(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
     items = users = None
     item_path, user_path = folder / f"{prefix}.item", folder / f"{prefix}.user"
     if item_path.exists():
-        raw = read_delimited(item_path, delimiter="\t", encoding=enc, has_header=True)
+        raw = read_delimited(item_path, delimiter="\t", encoding=enc, has_header=True, max_field_chars=limit)
         names = _recbole_names(raw)
         _require(raw, names, ("item_id",))
         t, y, c = (_first_of(names, o) for o in (_RECBOLE_TITLE, _RECBOLE_YEAR, _RECBOLE_CATEGORIES))
@@ -99,7 +114,7 @@ def _read_recbole(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
         if t is not None:
             specs.append(FieldSpec("title", t, as_text))
         if y is not None:
-            specs.append(FieldSpec("year", y, as_year))
+            specs.append(FieldSpec("year", y, as_year, optional=True))
         rest = [i for i in range(len(names)) if i not in {names.index("item_id"), t, y, c}]
 
         def item_extra(fields: list[str]) -> dict[str, object]:
@@ -107,9 +122,8 @@ def _read_recbole(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
             return {"categories": cats, "text_fields": json_object({names[i]: fields[i] for i in rest})}
 
         items = build_frame(raw, "items", specs, item_extra)
-        _note_null_years(raw, y, items, notes)
     if user_path.exists():
-        raw = read_delimited(user_path, delimiter="\t", encoding=enc, has_header=True)
+        raw = read_delimited(user_path, delimiter="\t", encoding=enc, has_header=True, max_field_chars=limit)
         names = _recbole_names(raw)
         _require(raw, names, ("user_id",))
         uid = names.index("user_id")
@@ -119,21 +133,11 @@ def _read_recbole(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
     return (inter, items, users), notes
 
 
-def _note_null_years(raw: RawTable, year_idx: int | None, items: pd.DataFrame, notes: list[str]) -> None:
-    if year_idx is None:
-        return
-    odd = sorted({r.fields[year_idx] for r in raw.records
-                  if r.fields is not None and r.fields[year_idx] and not r.fields[year_idx].strip().isdigit()})
-    if odd:
-        n = int(items["year"].isna().sum() - items["parse_error"].notna().sum())
-        notes.append(f"{raw.path.name}: {n} item(s) have a non-numeric year {odd}; year set to null")
-
-
 # ---------------------------------------------------------------- GroupLens ml-100k
-def _read_grouplens(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
+def _read_grouplens(ds: DatasetParams, folder: Path, limit: int) -> tuple[Frames, list[str]]:
     enc, notes = ds.grouplens.encoding, []
     raw = read_delimited(folder / "u.data", delimiter="\t", encoding=enc, has_header=False,
-                         header=["user_id", "item_id", "rating", "timestamp"])
+                         header=["user_id", "item_id", "rating", "timestamp"], max_field_chars=limit)
     inter = build_frame(raw, "interactions", [
         FieldSpec("user_id", 0, as_text), FieldSpec("item_id", 1, as_text),
         FieldSpec("rating", 2, as_float), FieldSpec("timestamp", 3, timestamp_converter("unix_s"))])
@@ -142,27 +146,28 @@ def _read_grouplens(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]
         genres = _grouplens_genres(folder, ds.grouplens.item_encoding)
         header = ["item_id", "title", "release_date", "video_release_date", "imdb_url", *genres]
         raw = read_delimited(folder / "u.item", delimiter="|", encoding=ds.grouplens.item_encoding,
-                             has_header=False, header=header)
+                             has_header=False, header=header, max_field_chars=limit)
 
         def item_extra(fields: list[str]) -> dict[str, object]:
             flags = fields[5:]
-            bad = [g for g, f in zip(genres, flags) if f not in {"0", "1"}]
-            if bad:
-                raise ValueError(f"genre flags must be 0/1, got {[fields[5 + genres.index(g)] for g in bad]}")
+            bad = [f for f in flags if f not in {"0", "1"}]
+            categories: object = [g for g, f in zip(genres, flags) if f == "1"]
+            if bad:  # an optional attribute: the item is kept without categories
+                categories = Nulled(f"genre flags must be 0/1, got {bad}")
             title, year = fields[1], None
             match = _TITLE_YEAR.match(title)
             if match:
                 title, year = match["title"], int(match["year"])
             elif fields[2][-4:].isdigit():
                 year = int(fields[2][-4:])
-            return {"title": title or None, "year": year,
-                    "categories": [g for g, f in zip(genres, flags) if f == "1"],
+            return {"title": title or None, "year": year, "categories": categories,
                     "text_fields": json_object({"release_date": fields[2], "imdb_url": fields[4]})}
 
         items = build_frame(raw, "items", [FieldSpec("item_id", 0, as_text)], item_extra)
     if (folder / "u.user").exists():
         cols = ["user_id", "age", "gender", "occupation", "zip_code"]
-        raw = read_delimited(folder / "u.user", delimiter="|", encoding=enc, has_header=False, header=cols)
+        raw = read_delimited(folder / "u.user", delimiter="|", encoding=enc, has_header=False, header=cols,
+                             max_field_chars=limit)
         users = build_frame(raw, "users", [FieldSpec("user_id", 0, as_text)],
                             lambda f: {"attributes": json_object(dict(zip(cols[1:], f[1:])))})
     return (inter, items, users), notes
@@ -172,49 +177,62 @@ def _grouplens_genres(folder: Path, encoding: str) -> list[str]:
     path = folder / "u.genre"
     if not path.exists():
         return list(_GROUPLENS_GENRES)
-    pairs = [ln.split("|") for ln in path.read_text(encoding=encoding).splitlines() if ln.strip()]
     try:
+        pairs = [ln.split("|") for ln in path.read_text(encoding=encoding).splitlines() if ln.strip()]
         return [name for name, _ in sorted(pairs, key=lambda p: int(p[1]))]
-    except (ValueError, IndexError):
-        raise IngestError(f"{path}: expected lines 'genre|index'") from None
+    except (ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+        raise IngestError(f"{path}: expected {encoding} lines 'genre|index'") from None
 
 
 # ---------------------------------------------------------------- generic CSV / Parquet
-def _read_table_file(path: Path, delimiter: str) -> RawTable:
-    """CSV (quoted fields allowed, UTF-8) or Parquet → RawTable of strings."""
+def _read_parquet(path: Path, delimiter: str, limit: int) -> RawTable:
+    """Parquet → RawTable of strings; row i (1-based) is record line i (Parquet has no header line)."""
+    if not path.is_file():
+        raise IngestError(f"{path}: file not found")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise IngestError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
+    if df.empty:
+        raise IngestError(f"{path}: has no rows")
+    header = [str(c) for c in df.columns]
+    duplicates = sorted({c for c in header if header.count(c) > 1})
+    if duplicates:
+        raise IngestError(f"{path}: duplicate column name(s) {duplicates}; every column needs its own name")
+    table = RawTable(path=path, header=header, delimiter=delimiter)
+    for i, values in enumerate(df.astype("string").fillna("").itertuples(index=False), 1):
+        fields = list(values)
+        error = too_long(fields, limit)
+        table.records.append(RawRecord(line=i, fields=None if error else fields, error=error,
+                                       raw=delimiter.join(fields)))
+    return table
+
+
+def _read_table_file(path: Path, delimiter: str, limit: int) -> RawTable:
+    """CSV (quoted fields allowed, each closed on its line; UTF-8) or Parquet → RawTable of strings."""
     if path.suffix.lower() in {".parquet", ".pq"}:
-        if not path.is_file():
-            raise IngestError(f"{path}: file not found")
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
-        if df.empty:
-            raise IngestError(f"{path}: has no rows")
-        table = RawTable(path=path, header=[str(c) for c in df.columns], delimiter=delimiter)
-        text = df.astype("string").fillna("")
-        table.records = [RawRecord(line=i + 1, fields=list(vals)) for i, vals in enumerate(text.itertuples(index=False))]
-        return table
-    return read_delimited(path, delimiter=delimiter, encoding="utf-8", has_header=True, quoting=True)
+        return _read_parquet(path, delimiter, limit)
+    return read_delimited(path, delimiter=delimiter, encoding="utf-8", has_header=True, quoting=True,
+                          max_field_chars=limit)
 
 
 def _column_index(raw: RawTable, mapped: str, canonical: str) -> int:
     if mapped not in raw.header:
-        raise IngestError(f"{raw.path}: column '{mapped}' (mapped to '{canonical}' in params.yaml "
-                          f"dataset.generic) not found; file has columns {raw.header}")
+        raise IngestError(f"{raw.path}: column '{mapped}' (mapped to '{canonical}' in params.yaml dataset.generic) "
+                          f"not found in the header (line 1); file has columns {raw.header}{_delimiter_hint(raw)}")
     return raw.header.index(mapped)
 
 
-def _read_generic(ds: DatasetParams, folder: Path) -> tuple[Frames, list[str]]:
+def _read_generic(ds: DatasetParams, folder: Path, limit: int) -> tuple[Frames, list[str]]:
     g, notes = ds.generic, []
-    inter = _generic_interactions(g.interactions, folder, notes)
-    items = _generic_items(g.items, folder) if g.items.path else None
-    users = _generic_users(g.users, folder) if g.users.path else None
+    inter = _generic_interactions(g.interactions, folder, notes, limit)
+    items = _generic_items(g.items, folder, limit) if g.items.path else None
+    users = _generic_users(g.users, folder, limit) if g.users.path else None
     return (inter, items, users), notes
 
 
-def _generic_interactions(cfg: GenericInteractions, folder: Path, notes: list[str]) -> pd.DataFrame:
-    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter)
+def _generic_interactions(cfg: GenericInteractions, folder: Path, notes: list[str], limit: int) -> ParsedTable:
+    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter, limit)
     converters = {"user_id": as_text, "item_id": as_text, "timestamp": timestamp_converter(cfg.timestamp_format),
                   "rating": as_float, "label": as_label, "event": as_text}
     specs = [FieldSpec(col, _column_index(raw, src, col), converters[col])
@@ -226,15 +244,15 @@ def _generic_interactions(cfg: GenericInteractions, folder: Path, notes: list[st
     return build_frame(raw, "interactions", specs)
 
 
-def _generic_items(cfg: GenericItems, folder: Path) -> pd.DataFrame:
-    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter)
+def _generic_items(cfg: GenericItems, folder: Path, limit: int) -> ParsedTable:
+    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter, limit)
     idx = {col: _column_index(raw, src, col) for col, src in cfg.columns.items() if src}
     text_idx = {c: _column_index(raw, c, "text_columns") for c in cfg.text_columns}
     specs = [FieldSpec("item_id", idx["item_id"], as_text)]
     if "title" in idx:
         specs.append(FieldSpec("title", idx["title"], as_text))
     if "year" in idx:
-        specs.append(FieldSpec("year", idx["year"], as_int))
+        specs.append(FieldSpec("year", idx["year"], as_year, optional=True))
     row_of = {rec.line: n for n, rec in enumerate(raw.records)}
 
     def extra(fields: list[str]) -> dict[str, object]:
@@ -242,7 +260,7 @@ def _generic_items(cfg: GenericItems, folder: Path) -> pd.DataFrame:
         return {"categories": [c.strip() for c in cats.split(cfg.category_sep) if c.strip()],
                 "text_fields": json_object({c: fields[i] for c, i in text_idx.items()})}
 
-    frame = build_frame(raw, "items", specs, extra)
+    parsed = build_frame(raw, "items", specs, extra)
     if cfg.vector_file:
         vec_path = folder / cfg.vector_file
         if not vec_path.is_file():
@@ -251,12 +269,12 @@ def _generic_items(cfg: GenericItems, folder: Path) -> pd.DataFrame:
         if n_vec != len(raw.records):
             raise IngestError(f"{vec_path}: has {n_vec} vectors but {raw.path.name} has {len(raw.records)} "
                               "item rows; row i of the vector file must belong to the i-th item row")
-        frame["vector_row"] = pd.array([row_of[line] for line in frame["source_row"]], dtype="Int64")
-    return frame
+        parsed.frame["vector_row"] = pd.array([row_of[line] for line in parsed.frame["source_row"]], dtype="Int64")
+    return parsed
 
 
-def _generic_users(cfg: GenericUsers, folder: Path) -> pd.DataFrame:
-    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter)
+def _generic_users(cfg: GenericUsers, folder: Path, limit: int) -> ParsedTable:
+    raw = _read_table_file(folder / str(cfg.path), cfg.delimiter, limit)
     uid = _column_index(raw, cfg.user_id, "user_id")
     return build_frame(raw, "users", [FieldSpec("user_id", uid, as_text)],
                        lambda f: {"attributes": json_object(

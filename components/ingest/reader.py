@@ -1,17 +1,25 @@
 """Line-exact reading of delimited text files.
 
-Every data line of the file becomes one `RawRecord`, whether it parsed or not: a record whose bytes
-are not valid in the declared encoding, or whose field count differs from the header, carries an
-`error` and its original text instead of fields. Nothing is dropped except blank lines, which are
-counted. Typed conversion of the fields happens in `formats.py`.
+Every non-blank data line of the file becomes exactly one `RawRecord`, whether it parsed or not, so
+``header line + records + blank lines == lines in the file`` always. A record carries an `error`
+instead of fields when its line
+
+* has bytes that are not valid in the file's encoding (or NUL bytes),
+* has a quote that does not close on the line, or text after a closing quote (quoted files only),
+* has a field count different from the header's, repeats the header line (concatenated files), or
+* has a field longer than ``ingest.max_field_chars``.
+
+A file that cannot be read at all (missing, empty, unreadable or duplicate header) raises `IngestError`
+with one line naming the file, the line and the rule. Typed conversion happens in `convert.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.ingest.lines import FieldError, decode, printable_raw, split_fields, split_lines, undecodable
 
 
 class IngestError(ValueError):
@@ -25,6 +33,7 @@ class RawRecord:
     fields: list[str] | None
     error: str | None = None
     raw: str | None = None
+    """The line as read (undecodable bytes as ``\\xNN``); quoted in the quarantine if the row is rejected."""
 
 
 @dataclass
@@ -34,17 +43,63 @@ class RawTable:
     delimiter: str = "\t"
     records: list[RawRecord] = field(default_factory=list)
     blank_lines: int = 0
+    notes: list[str] = field(default_factory=list)
+    """What the reader did that the user should know (e.g. a byte-order mark removed)."""
 
     @property
     def n_errors(self) -> int:
         return sum(r.error is not None for r in self.records)
 
 
-def _first_bad_char(text: str) -> int | None:
-    for i, ch in enumerate(text):
-        if "\udc80" <= ch <= "\udcff":
-            return i
+def too_long(fields: list[str], max_field_chars: int) -> str | None:
+    """Why a row is refused for an oversized field (the first one), or None."""
+    for number, value in enumerate(fields, 1):
+        if len(value) > max_field_chars:
+            return (f"field {number} has {len(value)} characters, more than "
+                    f"ingest.max_field_chars = {max_field_chars}")
     return None
+
+
+def _header(path: Path, line: str, encoding: str, delimiter: str, quoting: bool) -> list[str]:
+    where = f"{path}: line 1 (header)"
+    bad = undecodable(line, encoding)
+    if bad is not None:
+        raise IngestError(f"{where} has bytes that are not valid {encoding}: {bad}")
+    if "\x00" in line:
+        raise IngestError(f"{where} contains NUL bytes: not a {encoding} text file (UTF-16 without a "
+                          "byte-order mark, or binary)")
+    try:
+        names = [name.strip() for name in split_fields(line, delimiter, quoting)]
+    except FieldError as exc:
+        raise IngestError(f"{where}: {exc}") from None
+    duplicates = sorted(name for name, n in Counter(names).items() if n > 1)
+    if duplicates:
+        raise IngestError(f"{where} has duplicate column name(s) {duplicates}; every column needs its own name")
+    return names
+
+
+def _record(number: int, line: str, table: RawTable, encoding: str, quoting: bool,
+            max_field_chars: int) -> RawRecord:
+    """One data line → a record with stripped fields, or with the error that rejects it."""
+    raw = printable_raw(line)
+    error = undecodable(line, encoding)
+    if error is None and "\x00" in line:
+        error = f"NUL byte at character {line.index(chr(0)) + 1} (binary data in a text file)"
+    fields: list[str] = []
+    if error is None:
+        try:
+            fields = [f.strip() for f in split_fields(line, table.delimiter, quoting)]
+        except FieldError as exc:
+            error = str(exc)
+    if error is None and len(fields) != len(table.header):
+        error = f"expected {len(table.header)} fields, got {len(fields)} (truncated or malformed line)"
+    if error is None and fields == table.header:
+        error = "repeats the header line (files concatenated?)"
+    if error is None:
+        error = too_long(fields, max_field_chars)
+    if error is not None:
+        return RawRecord(line=number, fields=None, error=error, raw=raw)
+    return RawRecord(line=number, fields=fields, raw=raw)
 
 
 def read_delimited(
@@ -53,64 +108,34 @@ def read_delimited(
     delimiter: str,
     encoding: str,
     has_header: bool,
+    max_field_chars: int,
     header: list[str] | None = None,
     quoting: bool = False,
 ) -> RawTable:
     """Read `path` into records. Either the file has a header line or `header` names its columns.
 
     `quoting` enables CSV quote handling (generic CSV); atomic and GroupLens files have none.
-    Raises `IngestError` for a missing or empty file, or a header that cannot be decoded.
+    Raises `IngestError` for a missing or empty file, or a header that cannot be read.
     """
     if not path.is_file():
         raise IngestError(f"{path}: file not found")
     data = path.read_bytes()
-    if not data.strip():
+    text, used, note = decode(data, encoding)
+    if not text.strip():
         raise IngestError(f"{path}: file is empty ({len(data)} bytes); expected "
                           + ("a header line and data rows" if has_header else "data rows"))
-    text = data.decode(encoding, errors="surrogateescape")
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter=delimiter,
-        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
-        strict=False,
-    )
     table = RawTable(path=path, header=list(header or []), delimiter=delimiter)
-    prev_end = 0
-    for fields in reader:
-        start = prev_end + 1
-        prev_end = reader.line_num
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            if has_header and not table.header and start == 1:
+    if note:
+        table.notes.append(f"{path.name}: {note}")
+    for number, line in enumerate(split_lines(text), 1):
+        if delimiter not in line and not line.strip():
+            if has_header and number == 1:
                 raise IngestError(f"{path}: line 1 is blank; expected a header line")
             table.blank_lines += 1
-            continue
-        if has_header and not table.header:
-            joined = delimiter.join(fields)
-            bad = _first_bad_char(joined)
-            if bad is not None:
-                raise IngestError(f"{path}: line 1 (header) has bytes that are not valid {encoding}")
-            table.header = [f.strip() for f in fields]
-            continue
-        joined = delimiter.join(fields)
-        bad = _first_bad_char(joined)
-        if bad is not None:
-            byte = ord(joined[bad]) - 0xDC00
-            table.records.append(RawRecord(
-                line=start, fields=None,
-                error=f"invalid {encoding} byte 0x{byte:02x} at character {bad + 1}",
-                raw=joined.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-            ))
-            continue
-        if len(fields) != len(table.header):
-            table.records.append(RawRecord(
-                line=start, fields=None,
-                error=f"expected {len(table.header)} fields, got {len(fields)} (truncated or malformed line)",
-                raw=joined,
-            ))
-            continue
-        table.records.append(RawRecord(line=start, fields=[f.strip() for f in fields]))
-    if has_header and not table.header:
-        raise IngestError(f"{path}: no header line found")
+        elif has_header and number == 1:
+            table.header = _header(path, line, used, delimiter, quoting)
+        else:
+            table.records.append(_record(number, line, table, used, quoting, max_field_chars))
     if not table.records:
-        raise IngestError(f"{path}: has a header but no data rows")
+        raise IngestError(f"{path}: has a header but no data rows" if has_header else f"{path}: has no data rows")
     return table

@@ -36,6 +36,8 @@ from components.validate.quarantine import QUARANTINE_EXTRA, TableOutcome, apply
 
 __all__ = ["ValidationFailed", "ValidationReport", "TableValidation", "IndexingError", "validate"]
 log = logging.getLogger(__name__)
+_SHOWN_CHARS = 200
+"""Longest raw line or reason quoted in a failure message (the quarantine keeps them whole)."""
 
 
 class ValidationFailed(ValueError):
@@ -115,9 +117,13 @@ def _quarantine_frame(outcome: TableOutcome, interim: pd.DataFrame) -> pd.DataFr
     return empty
 
 
+def _clip(text: str, limit: int = _SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def _example(row: pd.Series, table: str) -> str:
     if isinstance(row.get("raw"), str):
-        shown = "raw: " + repr(row["raw"])
+        shown = "raw: " + _clip(repr(row["raw"]))
     else:
         shown = "values: " + " ".join(f"{c}={row[c]}" for c in COLUMNS[table]
                                       if c not in {"source_file", "source_row"} and not _isna(row[c]))
@@ -128,14 +134,25 @@ def _isna(value: Any) -> bool:
     return value is None or (not isinstance(value, (list, tuple)) and bool(pd.isna(value)))
 
 
+def _headline(name: str, t: TableValidation, quarantined: pd.DataFrame, limit: float) -> str:
+    """One line naming the table, its file, the first rejected row and its rule."""
+    first = quarantined.iloc[0]
+    return (f"{name}: {t.quarantined} of {t.rows_in} rows ({100 * t.quarantined_fraction:.1f} %) quarantined "
+            f"from {t.source}, more than validate.max_quarantine_fraction = {limit}; first rejected: "
+            f"line {first['source_row']}, rule {first['rule']} ({_clip(str(first['reason']))})")
+
+
 def _failure_message(params: Params, failing: list[str], tables: dict[str, TableValidation],
                      outcomes: dict[str, TableOutcome], quarantine_dir: Path) -> str:
+    """First line: the first failing table, file, row and rule (and the other failing tables); then
+    per table the count per rule, example rows and where all rejected rows are."""
     limit = params.validate_.max_quarantine_fraction
-    parts = []
+    head = _headline(failing[0], tables[failing[0]], outcomes[failing[0]].quarantined, limit)
+    others = [f"{n} ({tables[n].quarantined} of {tables[n].rows_in} rows)" for n in failing[1:]]
+    parts = [f"validation failed: {head}" + (f"; also failing: {', '.join(others)}" if others else "")]
     for name in failing:
         t = tables[name]
-        lines = [f"{name}: {t.quarantined} of {t.rows_in} rows ({100 * t.quarantined_fraction:.1f} %) quarantined "
-                 f"from {t.source}, more than validate.max_quarantine_fraction = {limit}"]
+        lines = [f"{name} ({t.source}):"]
         lines += [f"  rule {rule}: {n} row(s)" for rule, n in t.by_rule.items()]
         q = outcomes[name].quarantined
         n_ex = min(params.validate_.example_rows, len(q))
@@ -143,7 +160,7 @@ def _failure_message(params: Params, failing: list[str], tables: dict[str, Table
         lines += ["    " + _example(row, name) for _, row in q.head(n_ex).iterrows()]
         lines.append(f"  all rejected rows: {table_path(quarantine_dir, name)}")
         parts.append("\n".join(lines))
-    return "validation failed:\n" + "\n".join(parts)
+    return "\n".join(parts)
 
 
 def _relative(params: Params, path: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,19 +13,14 @@ import pytest
 
 from components.config import Params
 from components.ingest import IngestError, ingest
-from components.tables import TABLES, table_path
+from components.tables import table_path
 from components.validate import ValidationFailed, ValidationReport, validate
+from tests.fixtures import corrupt_u_data
+from tests.fixtures.steps import ingest_and_validate
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "corrupt_u_data.py"
+SCRIPT = REPO / "tests" / "fixtures" / "corrupt_u_data.py"
 N_INTER, N_ITEMS, N_USERS = 862, 60, 40
-
-
-def _corrupt_module():
-    spec = importlib.util.spec_from_file_location("corrupt_u_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _file(params: Params, suffix: str) -> Path:
@@ -50,14 +44,7 @@ def _set_field(path: Path, line: int, field: int, value: bytes) -> None:
 
 
 def _run(params: Params) -> tuple[ValidationReport, dict[str, pd.DataFrame]]:
-    ingest(params)
-    report = validate(params)
-    folder = params.resolve(params.paths.quarantine_dir)
-    quarantine = {t: pd.read_parquet(table_path(folder, t)) for t in TABLES}
-    for t in TABLES:
-        r = report.tables[t]
-        assert r.rows_in == r.kept + r.quarantined == len(quarantine[t]) + r.kept
-    return report, quarantine
+    return ingest_and_validate(params)
 
 
 def _reasons(frame: pd.DataFrame) -> dict[int, tuple[str, str]]:
@@ -208,7 +195,7 @@ def test_duplicates_several_rules_and_first_kept(make_params: Callable[..., Para
 
 def test_one_percent_corruption_quarantines_exactly_those_rows(make_params: Callable[..., Params]) -> None:
     params = make_params()
-    mod = _corrupt_module()
+    mod = corrupt_u_data
     target = _file(params, "inter")
     expected = mod.corrupt_file(target, target, 0.01, seed=7, kinds=tuple(mod.KIND_RULE))
     assert len(expected) == round(0.01 * N_INTER) == 9 and {e["kind"] for e in expected} == set(mod.KIND_RULE)
