@@ -65,7 +65,7 @@ server: $(STAMP)
 # existing ones: safe to rerun), then Prefect's own CLI. The server's scheduler then creates the cron runs and the
 # worker runs them (tests/flows/test_schedules.py waits for one).
 deploy: $(STAMP)
-	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/python -m flows.deploy --prefect-file prefect.yaml
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/unirec flow pools --prefect-file prefect.yaml
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(LOCAL_API)} $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(STAMP)

@@ -1,7 +1,7 @@
 """The work pools of prefect.yaml: the first step of `make deploy` (and of the compose stack's deploy job).
 
 `prefect --no-prompt deploy --all` does not create work pools: on a fresh server it stops at the first
-deployment whose pool is missing. `python -m flows.deploy` reads the pool names from the deployments of
+deployment whose pool is missing. `unirec flow pools` reads the pool names from the deployments of
 prefect.yaml and creates each missing one as a `process` pool (every unirec worker is a process worker:
 `make worker`, the compose `prefect-worker` and `trainer`) with Prefect's default process job template.
 A pool that already exists is left as it is (its type, template, limits and pause state), so the command
@@ -10,8 +10,6 @@ is idempotent and never undoes a tuned pool. It talks only to PREFECT_API_URL.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +60,6 @@ def ensure_work_pools(names: list[str], pool_type: str = POOL_TYPE) -> dict[str,
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
-    ap.add_argument("--prefect-file", type=Path, default=Path("prefect.yaml"))
-    args = ap.parse_args(argv)
-    for name, state in ensure_work_pools(work_pool_names(args.prefect_file)).items():
-        print(f"work pool {name}: {state}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def deploy_pools(prefect_file: Path) -> str:
+    """`unirec flow pools`: ensure every pool of `prefect_file` exists; one line per pool."""
+    return "\n".join(f"work pool {name}: {state}" for name, state in ensure_work_pools(work_pool_names(prefect_file)).items())

@@ -60,7 +60,8 @@ def _one_line(exc: BaseException) -> str:
     return text if ours else f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 
-def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: Callable[[object], object]) -> None:
+def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: Callable[[object], object],
+         needs_params: bool = True) -> None:
     # Our own loggers speak at INFO; third-party libraries (GX, DVC, pandera) only at WARNING.
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("components", "unirec", "flows"):
@@ -69,7 +70,7 @@ def _run(step: str, params_path: Path, sets: list[str] | None, debug: bool, fn: 
 
     start = time.perf_counter()
     try:
-        params = load_params(params_path, _overrides(sets))
+        params = load_params(params_path, _overrides(sets)) if needs_params else None
         report = fn(params)
     except (KeyboardInterrupt, typer.Exit):
         raise
@@ -208,6 +209,17 @@ def flow_champion_eval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = N
     from flows.champion_eval import run as eval_flow
 
     raise typer.Exit(eval_flow(str(params), _overrides(set_), alias))
+
+
+@flow_app.command("pools")
+def flow_pools(prefect_file: Annotated[Path, typer.Option("--prefect-file", help="The deployments file whose work "
+                                                          "pools to create.")] = Path("prefect.yaml"),
+               debug: DebugOpt = False) -> None:
+    """Create every work pool the deployments of prefect.yaml name and the Prefect API (PREFECT_API_URL) lacks, as
+    process pools; existing pools are left as they are (the first half of `make deploy`)."""
+    from flows.deploy import deploy_pools
+
+    _run("flow pools", Path("params.yaml"), None, debug, lambda _p: deploy_pools(prefect_file), needs_params=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -219,8 +219,8 @@ def test_prefect_yaml_deploys_both_schedules_and_the_gpu_deployment(tmp_path: Pa
         api = client.api_url
     env = {**os.environ, "PREFECT_API_URL": str(api).rstrip("/"), "PYTHONPATH": str(tmp_path)}
     # `make deploy`: the pools prefect.yaml names (flows/deploy.py), then the plain CLI
-    pools = subprocess.run([sys.executable, "-m", "flows.deploy", "--prefect-file", "prefect.yaml"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)
+    pools = subprocess.run([sys.executable, "-m", "unirec.cli", "flow", "pools", "--prefect-file", "prefect.yaml"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert pools.returncode == 0, pools.stdout[-3000:] + pools.stderr[-3000:]
     assert "work pool unirec-gpu: created" in pools.stdout, pools.stdout
     proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=tmp_path, env=env,

@@ -195,7 +195,7 @@ def test_a_one_minute_cron_makes_the_scheduler_create_a_run_that_a_worker_comple
     deployment = _minutely_project(tmp_path)
     assert deployment["entrypoint"] == "flows/pipeline.py:unirec_pipeline" and deployment["concurrency_limit"] == 1
     code = {"PYTHONPATH": str(tmp_path)}  # the flow run imports the project copy it runs in
-    _run([sys.executable, "-m", "flows.deploy", "--prefect-file", "prefect.yaml"], server, tmp_path, **code)
+    _run([sys.executable, "-m", "unirec.cli", "flow", "pools", "--prefect-file", "prefect.yaml"], server, tmp_path, **code)
     _run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], server, tmp_path, **code)
     deployed_at = time.monotonic()
     with _client(server) as client:

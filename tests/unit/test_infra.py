@@ -185,7 +185,7 @@ def test_workers_serve_the_pools_of_prefect_yaml_from_the_image_workdir() -> Non
     deploy_cmd = " ".join(_args("prefect-deploy"))
     make_deploy = re.search(r"^deploy:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
     for recipe in (deploy_cmd, make_deploy):
-        pools_at = recipe.index("python -m flows.deploy --prefect-file prefect.yaml")
+        pools_at = recipe.index("unirec flow pools --prefect-file prefect.yaml")
         assert pools_at < recipe.index("prefect --no-prompt deploy --all"), recipe
     assert PREFECT["pull"] == [{"prefect.deployments.steps.set_working_directory":
                                 {"directory": "{{ $UNIREC_PROJECT_DIR }}"}}]
