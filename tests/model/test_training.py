@@ -257,3 +257,30 @@ def test_curve_points_survive_a_resume(model_params) -> None:
     for got, want in zip(points, expected):
         for template in resumed.train.curve_templates:
             assert got[template] == pytest.approx(want[template], abs=1e-4), (got["step"], template)
+
+
+def test_curve_ranks_equal_the_evaluators_on_the_same_rows(model_params) -> None:
+    """The learning curve (components/model/curve.py, shared ranking helpers only) ranks each validation row's
+    target exactly as `unirec evaluate`'s evaluator does on the same rows (1-based there, 0-based here)."""
+    from components.evaluation.rows import load_eval_data
+    from components.evaluation.universal import predict_task
+    from components.model.curve import RetrievalCurve, curve_rows
+    from components.model.inference import InferenceConfig, catalogue_vectors
+
+    params = model_params({"train.curve_every_n_steps": 1, "train.curve_users": 5, "train.precision": "32-true"})
+    built = build_model(params)
+    curve = RetrievalCurve(params, built)
+    rows = curve_rows(params)
+    evaluate_params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"split": "valid", "users_per_task": {t: None for t in TASKS}})})
+    data = load_eval_data(evaluate_params)
+    keys = ["user_idx", "template_id"]
+    frame = data.frames["next_item"].merge(rows[keys], on=keys).reset_index(drop=True)
+    assert len(frame) == len(rows) > 0
+    data = type(data)(**{**data.__dict__, "frames": {"next_item": frame}})
+    cfg = InferenceConfig(batch_size=4, top_k=10, max_new_tokens=1, autocast_bf16=False)
+    expected = predict_task(built.model, built.backbone.tokenizer, built.spec, "next_item", data,
+                            catalogue_vectors(built.model), cfg)
+    got = dict(zip(zip(rows["user_idx"], rows["template_id"]), curve.ranks() + 1))
+    want = dict(zip(zip(expected["user_idx"], expected["template_id"]), expected["rank"]))
+    assert got == want
