@@ -34,6 +34,7 @@ def eval_overrides(params: Params, model_dir: Path) -> dict[str, Any]:
             "train.checkpoint_dir": str(out / "checkpoints"),
             "paths.metrics_dir": str(out), "evaluate.metrics_file": str(out / "eval.json"),
             "evaluate.report_file": str(out / "eval.html"), "evaluate.plots_dir": str(out / "plots"),
+            "evaluate.per_user_dir": str(out / "per_user"),
             "mlflow.experiment": f"{params.experiment_name()}.champion-eval"}
 
 

@@ -26,11 +26,16 @@ class EvaluateParams(_Strict):
     autocast_bf16: bool | Literal["auto"]
     num_threads: int = Field(ge=0)
     seed_offset: int
+    shared_prefix: bool
+    bootstrap_resamples: int = Field(ge=1)
+    bootstrap_seed_offset: int
+    ablations: list[Literal["llm_off", "history_off", "neighbours_off", "id_modality_off"]]
 
     _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
     metrics_file: str
     report_file: str
     plots_dir: str
+    per_user_dir: str
 
     @field_validator("users_per_task")
     @classmethod
