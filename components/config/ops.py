@@ -20,6 +20,7 @@ class EvaluateParams(_Strict):
     split: Literal["valid", "test"]
     users_per_task: dict[str, int | None]
     batch_size: int = Field(ge=1)
+    generation_batch_size: int = Field(ge=1)
     ks: list[int] = Field(min_length=1)
     top_k: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)

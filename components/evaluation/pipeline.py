@@ -90,6 +90,12 @@ class EvalReport:
             per = series(self.payload, task)
             cells = "".join(f"{per[n][metric]:>14.4f}" if metric in per.get(n, {}) else f"{'-':>14}" for n in names)
             lines.append(f"  {task:<17}{metric:<14}{cells}")
+        for task, per in self.payload.get("comparisons", {}).items():
+            best = self.payload.get("best_expert", {}).get(task)
+            if best in per:
+                rec = per[best]
+                lines.append(f"  {task}: unirec − {best} (best on validation) {rec['metric']} {rec['diff']:+.4f} "
+                             f"[{rec['ci95'][0]:+.4f}, {rec['ci95'][1]:+.4f}] {rec['verdict']}")
         lines += [f"  {k}: {v}" for k, v in self.files.items()]
         return "\n".join(lines)
 
@@ -192,7 +198,8 @@ def evaluate(params: Params) -> EvalReport:
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)
     inference = InferenceConfig(batch_size=cfg.batch_size, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                autocast_bf16=cfg.autocast_bf16, shared_prefix=cfg.shared_prefix)
+                                autocast_bf16=cfg.autocast_bf16, shared_prefix=cfg.shared_prefix,
+                                generation_batch_size=cfg.generation_batch_size)
     model_rows, ablated, seconds = run_model(built, data, inference, list(cfg.ablations))
     t0 = time.perf_counter()
     experts = load_baselines(params)
@@ -207,7 +214,8 @@ def evaluate(params: Params) -> EvalReport:
     client, run_id, created = open_run(params)
     meta = {"model_dir": str(params.train.out_dir), "baselines_dir": str(params.baselines.out_dir),
             "mlflow_run_id": run_id, "seed": seed,
-            "inference": {"batch_size": cfg.batch_size, "autocast_bf16": cfg.autocast_bf16,
+            "inference": {"batch_size": cfg.batch_size, "generation_batch_size": cfg.generation_batch_size,
+                          "autocast_bf16": cfg.autocast_bf16,
                           "shared_prefix": cfg.shared_prefix, "max_new_tokens": cfg.max_new_tokens,
                           "threads": torch.get_num_threads(),
                           "generation": "greedy after [LM], batched (left padding), float32"},

@@ -9,7 +9,11 @@ optional bf16 autocast; heads, verbaliser logits and scores in float32):
 * ctr: p(yes) = softmax over the two verbaliser logits at the answer slot; rating: the expectation of
   1..5 under the softmax of the five verbaliser logits;
 * text / infill: greedy generation after [LM] for the whole batch at once
-  (`components.model.inference.generate_batch`), decoded.
+  (`components.model.inference.generate_batch`, `generation_batch_size` prompts per batch), decoded.
+
+`predict_views` also answers for ablated views of the same model (components/model/ablations.py) from the same
+decoder states, and with `shared_prefix` decodes the common prefix of a user's rows of one template once
+(components/model/prefix.py); a set-out task whose gate is 0 reads no decoder state and skips the pass.
 """
 
 from __future__ import annotations
@@ -119,8 +123,9 @@ def predict_views(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, 
     lengths = [len(e.input_ids) for e in encoded]
     groups = (frame["user_idx"].astype(str) + "|" + frame["template_id"].astype(str)).to_numpy()
     shared = cfg.shared_prefix and task not in TEXT_TASKS
-    buckets = group_buckets(lengths, groups, shared_prefixes(encoded, groups), cfg.batch_size) if shared \
-        else length_buckets(lengths, cfg.batch_size)
+    size = (cfg.generation_batch_size or cfg.batch_size) if task in TEXT_TASKS else cfg.batch_size
+    buckets = group_buckets(lengths, groups, shared_prefixes(encoded, groups), size) if shared \
+        else length_buckets(lengths, size)
     with torch.inference_mode():
         for idx in tqdm(buckets, desc=f"evaluate {task}", leave=False, disable=None):
             batch = collate([encoded[i] for i in idx], pad_id)

@@ -56,6 +56,8 @@ class InferenceConfig:
     autocast_bf16: bool
     shared_prefix: bool = False
     """Decode the common prompt prefix of a user's rows of one template once (components/model/prefix.py)."""
+    generation_batch_size: int = 0
+    """Prompts per batch of greedy generation (0 = `batch_size`)."""
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
