@@ -84,8 +84,9 @@ STEPS: tuple[Step, ...] = (
          "Evaluate the trained universal model on every task and prompt template (seen and unseen) on the test "
          "split, and the expert baselines on the same rows: full-ranking HR/NDCG/MRR with seen items excluded, "
          "candidate-list HR@1/NDCG@5, CTR AUC/GAUC/LogLoss, rating RMSE/MAE, text attribute-F1/ROUGE-L, prompt "
-         "sensitivity → metrics/eval.json, metrics/plots/, reports/eval.html, logged to MLflow. The only command "
-         "that reads the test split."),
+         "sensitivity, the model's ablations and a paired bootstrap interval for every model-vs-expert difference "
+         "(best expert chosen on validation) → metrics/eval.json, metrics/per_user/, metrics/plots/, "
+         "reports/eval.html, logged to MLflow. The only command that reads the test split."),
     Step("register", "components.registry:register_model",
          "Log the trained model (adapter, fusion/heads, item vectors, gates, faiss index, id maps, titles, "
          "histories, prompt registry) as an MLflow pyfunc into the training run with params, git commit, dvc.lock "

@@ -4,7 +4,6 @@ determinism, self-contained HTML, MLflow) and a clear error without a model."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -17,10 +16,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from components.baselines import train_baselines
-from components.config import TASKS, Params
+from components.config import TASKS
 from components.evaluation import evaluate
-from components.evaluation.pipeline import EvalReport, build_payload
+from components.evaluation.pipeline import build_payload
 from components.evaluation.report import render_html
 from components.evaluation.experts import template_free
 from components.evaluation.rows import EvalData, parse_spans, rank_rows, sample_users, span_matches
@@ -31,18 +29,10 @@ from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.data import load_examples
 from components.model.prompting import encode_example
-from components.select_gates import select_gates
-from components.train import train
-from tests.conftest import params_in
-from tests.model.conftest import TINY_MODEL
+from tests.model.conftest import eval_params, inside
 from unirec.cli import app
 
 SET_OUT = ("next_item", "multi_objective", "query", "cold_start", "long_tail")
-FAST_EXPERTS = {"baselines.sasrec.max_epochs": 3, "baselines.sasrec.batch_size": 16, "baselines.sasrec.hidden_size": 16,
-                "baselines.sasrec.inner_size": 32, "baselines.sasrec.max_len": 10, "baselines.sasrec.train_stride": 5,
-                "baselines.mf.max_epochs": 10, "baselines.mf.batch_size": 64, "baselines.ctr.max_epochs": 10,
-                "baselines.ctr.batch_size": 256}
-USERS = {t: 3 for t in TASKS} | {"next_item": None, "rating": None, "ctr": 4}  # all users: compare with the experts
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -146,40 +136,6 @@ def test_metric_names_are_mlflow_legal() -> None:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-@contextlib.contextmanager
-def _inside(folder: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow's default artifact root (./mlruns) lands in the test folder
-        yield
-
-
-def _params(project: Path, out: Path, **extra: object) -> Params:
-    return params_in(project, {**TINY_MODEL, **FAST_EXPERTS, "train.out_dir": str(out / "unirec"),
-                               "train.checkpoint_dir": str(out / "checkpoints"),
-                               "paths.metrics_dir": str(out / "metrics"),
-                               "select_gates.out_file": str(out / "gates.json"),
-                               "select_gates.metrics_file": str(out / "metrics" / "gates.json"),
-                               "mlflow.tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
-                               "baselines.out_dir": str(out / "baselines"),
-                               "baselines.metrics_file": str(out / "metrics" / "baselines_train.json"),
-                               "evaluate.users_per_task": USERS, "evaluate.batch_size": 8,
-                               "evaluate.max_new_tokens": 4, "evaluate.num_threads": 1,
-                               "evaluate.metrics_file": str(out / "eval" / "eval.json"),
-                               "evaluate.report_file": str(out / "eval" / "eval.html"),
-                               "evaluate.plots_dir": str(out / "eval" / "plots"), **extra})
-
-
-@pytest.fixture(scope="module")
-def evaluated(model_project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, EvalReport]:
-    out = tmp_path_factory.mktemp("evaluate")
-    params = _params(model_project, out)
-    with _inside(out):
-        train(params)
-        select_gates(params)
-        train_baselines(params)
-        return params, evaluate(params)
-
-
 def test_eval_json_schema_tasks_and_metric_ranges(evaluated) -> None:
     params, report = evaluated
     saved = json.loads(Path(params.resolve(params.evaluate.metrics_file)).read_text())
@@ -252,7 +208,12 @@ def test_plots_and_html_report_are_written_and_self_contained(evaluated) -> None
     sens = pd.read_csv(plots / "sensitivity.csv")
     assert list(sens.columns) == ["task", "template_id", "kind", "metric", "value"] and len(sens) == 6 * len(TASKS)
     html = params.resolve(params.evaluate.report_file).read_text()
-    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == len(TASKS)
+    assert html.startswith("<!DOCTYPE html>")
+    for task in TASKS:  # one headline chart per task, one ablation chart, the experts' validation curves
+        metric = report.payload["prompt_sensitivity"][task]["metric"]
+        assert html.count(f'aria-label="{task} — {metric}"') == 1
+    assert html.count('aria-label="ablations"') == 1 and "sasrec: valid_ndcg@10 per epoch" in html
+    assert "Model vs best expert vs popularity" in html and "Seen vs unseen templates" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
     assert "<script" not in html.lower() and "<link" not in html.lower()
     for task in TASKS:
@@ -277,12 +238,12 @@ def test_metrics_and_files_are_logged_into_the_training_run(evaluated) -> None:
 def test_rerun_is_deterministic_and_without_a_training_run_logs_a_new_evaluate_run(evaluated, tmp_path) -> None:
     params, first = evaluated
     out = Path(params.resolve(params.train.out_dir)).parent
-    again = _params(Path(params.root), out, **{"paths.metrics_dir": str(tmp_path / "metrics"),
+    again = eval_params(Path(params.root), out, **{"paths.metrics_dir": str(tmp_path / "metrics"),
                                                "train.checkpoint_dir": str(tmp_path / "no_checkpoints"),
                                                "evaluate.metrics_file": str(tmp_path / "eval.json"),
                                                "evaluate.report_file": str(tmp_path / "eval.html"),
                                                "evaluate.plots_dir": str(tmp_path / "plots")})
-    with _inside(tmp_path):
+    with inside(tmp_path):
         second = evaluate(again)
 
     def stable(payload: dict) -> dict:
@@ -318,9 +279,9 @@ def test_missing_model_or_experts_fail_with_a_clear_message(evaluated, tmp_path)
     params, _ = evaluated
     out = Path(params.resolve(params.train.out_dir)).parent
     with pytest.raises(FileNotFoundError, match=r"no trained model .*run `unirec train` first"):
-        evaluate(_params(Path(params.root), out, **{"train.out_dir": str(tmp_path / "nothing")}))
+        evaluate(eval_params(Path(params.root), out, **{"train.out_dir": str(tmp_path / "nothing")}))
     with pytest.raises(FileNotFoundError, match=r"missing baseline weights .*run `unirec baselines` first"):
-        evaluate(_params(Path(params.root), out, **{"baselines.out_dir": str(tmp_path / "nothing")}))
+        evaluate(eval_params(Path(params.root), out, **{"baselines.out_dir": str(tmp_path / "nothing")}))
     result = CliRunner().invoke(app, ["evaluate", "--params", str(Path(params.root) / "params.yaml"),
                                       "--set", f"train.out_dir={tmp_path / 'nothing'}"])
     assert result.exit_code == 1 and "unirec evaluate failed:" in result.output
