@@ -19,6 +19,7 @@ import json
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.baselines.common import TrainHistory, config_key
+from components.baselines.common import TrainHistory
 from components.baselines.content import cold_rows, tune_content
 from components.baselines.ctr import ctr_metrics, fit_ctr, genre_matrix
 from components.baselines.ctr_gbdt import auc_and_logloss, scoring_matrix, training_matrix, tune_gbdt
@@ -81,95 +82,94 @@ def _examples(params: Params, task: str) -> pd.DataFrame:
     return pd.read_parquet(path, columns=["user_idx", "target_items", "query"])
 
 
-def _train_all(params: Params, inputs: ExpertInputs, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit and tune every expert → (metrics records, chosen configurations)."""
-    cfg, data = params.baselines, inputs.data
-    ks, k = cfg.report_ks, cfg.eval_k
-    seqs, valid = data.train_sequences(), next_item_task(data, "valid")
-    records: dict[str, dict[str, Any]] = {}
-    chosen: dict[str, Any] = {}
+class _Trainer:
+    """Fits the experts one by one into `records` / `chosen`; `done(name)` writes the partial report."""
 
-    def ranking(name: str, model: NextItemScorer, start: float, **rec: Any) -> None:
-        records[name] = {**rec, "valid": evaluate_scorer(model, valid, ks, cfg.sasrec.eval_batch_size),
-                         "wall_s": time.perf_counter() - start}
+    def __init__(self, params: Params, inputs: ExpertInputs, out: Path, done: Callable[[], None]) -> None:
+        self.params, self.cfg, self.inputs, self.out, self.done = params, params.baselines, inputs, out, done
+        self.data, self.seqs = inputs.data, inputs.data.train_sequences()
+        self.valid = next_item_task(self.data, "valid")
+        self.splits = params.resolve(params.paths.splits_dir)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.chosen: dict[str, Any] = {}
+        self.start = time.perf_counter()
 
-    start = time.perf_counter()
-    pop = Popularity(inputs.counts)
-    pop.save(out / "popularity.npy")
-    ranking("popularity", pop, start)
+    def record(self, name: str, rec: dict[str, Any], model: NextItemScorer | None = None) -> None:
+        if model is not None:
+            rec["valid"] = evaluate_scorer(model, self.valid, self.cfg.report_ks, self.cfg.sasrec.eval_batch_size)
+        self.records[name] = {**rec, "wall_s": time.perf_counter() - self.start}
+        self.start = time.perf_counter()
+        self.done()
 
-    start = time.perf_counter()
-    recbole, history = fit_sasrec(seqs, data.n_items, valid, cfg.sasrec_recbole, k, _seed(params, "sasrec_recbole"))
-    save_torch(recbole, out / "sasrec_recbole.pt")
-    ranking("sasrec_recbole", recbole, start, **_history(history))
+    def neighbourhoods(self) -> None:
+        pop = Popularity(self.inputs.counts)
+        pop.save(self.out / "popularity.npy")
+        self.record("popularity", {}, pop)
+        knn, self.chosen["item_knn"], rec = tune_item_knn(self.inputs.co, self.valid, self.cfg.item_knn,
+                                                          self.cfg.eval_k)
+        self.record("item_knn", rec, knn)
 
-    start = time.perf_counter()
-    sasrec, sasrec_cfg, rec = tune_sasrec(seqs, data.n_items, valid, cfg.sasrec, k, _seed(params, "sasrec"))
-    save_torch(sasrec, out / "sasrec.pt")
-    chosen["sasrec"] = sasrec_cfg.model_dump()
-    ranking("sasrec", sasrec, start, **rec)
+    def content(self) -> None:
+        cold_items = load_split_frame(self.splits, "cold_items")["item_idx"].to_numpy(dtype=np.int64)
+        rows = cold_rows(_examples(self.params, "cold_start"), load_split_frame(self.splits, "cold"), cold_items,
+                         self.data.n_items, ("extra",))
+        _, self.chosen["content"], rec = tune_content(self.inputs.text, rows, self.seqs, self.cfg.content,
+                                                      self.cfg.eval_k, self.cfg.report_ks)
+        self.record("content", rec)
 
-    start = time.perf_counter()
-    knn, chosen["item_knn"], rec = tune_item_knn(inputs.co, valid, cfg.item_knn, k)
-    ranking("item_knn", knn, start, **rec)
+    def rating(self) -> None:
+        data, rating_range = self.data, self.inputs.rating_range
+        frames = {s: load_split_frame(self.splits, f"rating_{s}") for s in ("train", "valid")}
+        mf, mf_cfg, rec = tune_mf(frames["train"], frames["valid"], data.n_users, data.n_items, self.cfg.mf,
+                                  rating_range, _seed(self.params, "mf"))
+        save_torch(mf, self.out / "mf.pt")
+        self.chosen["mf"] = mf_cfg.model_dump()
+        self.record("mf", {**rec, "valid": rating_errors(mf, frames["valid"])})
+        valid = frames["valid"]
+        users = valid["user_idx"].to_numpy()
+        rows = (users, valid["item_idx"].to_numpy(), [self.seqs[int(u)] for u in users])
+        for name, tune in (("rating_knn", tune_rating_knn), ("rating_recency", tune_rating_recency)):
+            sizes = (data.n_users, data.n_items) if name == "rating_knn" else (data.n_items,)
+            model, self.chosen[name], rec = tune(data.train, valid, self.seqs, self.inputs.ratings, *sizes,
+                                                 getattr(self.cfg, name), rating_range)
+            self.record(name, {**rec, "valid": errors_of(model.predict(*rows), valid)})
 
-    start = time.perf_counter()
-    texts = item_texts(params, inputs.items)
-    (out / "bm25_texts.json").write_text(json.dumps(texts, ensure_ascii=False) + "\n", encoding="utf-8")
-    query = QueryExperts(Bm25Index(texts, cfg.query), sasrec, cfg.query.weights[0], inputs.counts)
-    chosen["bm25_sasrec"], rec = tune_query(query, query_rows(_examples(params, "query")), seqs, cfg.query, k, ks)
-    records["bm25_sasrec"] = {**rec, "valid": rec["valid"]["bm25_sasrec"], "all_valid": rec.pop("valid"),
-                              "wall_s": time.perf_counter() - start}
+    def ctr(self) -> None:
+        data, cfg = self.data, self.cfg
+        frames = {s: load_split_frame(self.splits, f"ctr_{s}") for s in ("train", "valid")}
+        genres, _ = genre_matrix(self.inputs.items, data.n_items)
+        ctr, history = fit_ctr(frames["train"], frames["valid"], data.n_users, genres, self.inputs.counts, cfg.ctr,
+                               _seed(self.params, "ctr"))
+        save_torch(ctr, self.out / "ctr.pt")
+        self.record("ctr", {**_history(history), "valid": ctr_metrics(ctr, frames["valid"])})
+        tables, recent, v = self.inputs.ctr_tables(), cfg.ctr_gbdt.recent_items, frames["valid"]
+        train_ratings = RatingTable([data.train], data.n_users, data.n_items).values  # training rows read train only
+        x, y = training_matrix(tables, frames["train"], self.seqs, train_ratings, recent)
+        x_valid = scoring_matrix(tables, self.inputs.ratings.values, recent, v["user_idx"].to_numpy(),
+                                 v["item_idx"].to_numpy(), dict(enumerate(self.seqs)))
+        gbdt, self.chosen["ctr_gbdt"], rec = tune_gbdt(x, y, x_valid, v["label"].to_numpy(), tables.categorical,
+                                                       cfg.ctr_gbdt, _seed(self.params, "ctr_gbdt"))
+        (self.out / "ctr_gbdt.pkl").write_bytes(pickle.dumps(gbdt))
+        self.record("ctr_gbdt", {**rec, "features": tables.names, "train_rows": int(len(y)),
+                                 "valid": auc_and_logloss(v["label"].to_numpy(), gbdt.predict_proba(x_valid)[:, 1])})
 
-    start = time.perf_counter()
-    splits = params.resolve(params.paths.splits_dir)
-    cold_items = load_split_frame(splits, "cold_items")["item_idx"].to_numpy(dtype=np.int64)
-    rows = cold_rows(_examples(params, "cold_start"), load_split_frame(splits, "cold"), cold_items, data.n_items,
-                     ("extra",))
-    _, chosen["content"], rec = tune_content(inputs.text, rows, seqs, cfg.content, k, ks)
-    records["content"] = {**rec, "wall_s": time.perf_counter() - start}
-
-    rating_range = inputs.rating_range
-    frames = {s: load_split_frame(splits, f"rating_{s}") for s in ("train", "valid")}
-    start = time.perf_counter()
-    mf, mf_cfg, rec = tune_mf(frames["train"], frames["valid"], data.n_users, data.n_items, cfg.mf, rating_range,
-                              _seed(params, "mf"))
-    save_torch(mf, out / "mf.pt")
-    chosen["mf"] = mf_cfg.model_dump()
-    records["mf"] = {**rec, "valid": rating_errors(mf, frames["valid"]), "wall_s": time.perf_counter() - start}
-    rows_args = (frames["valid"]["user_idx"].to_numpy(), frames["valid"]["item_idx"].to_numpy(),
-                 [seqs[int(u)] for u in frames["valid"]["user_idx"]])
-    for name, tune in (("rating_knn", tune_rating_knn), ("rating_recency", tune_rating_recency)):
-        start = time.perf_counter()
-        extra = (data.n_users, data.n_items) if name == "rating_knn" else (data.n_items,)
-        model, chosen[name], rec = tune(data.train, frames["valid"], seqs, inputs.ratings, *extra,
-                                        getattr(cfg, name), rating_range)
-        records[name] = {**rec, "valid": errors_of(model.predict(*rows_args), frames["valid"]),
-                         "wall_s": time.perf_counter() - start}
-
-    ctr_frames = {s: load_split_frame(splits, f"ctr_{s}") for s in ("train", "valid")}
-    start = time.perf_counter()
-    genres, _ = genre_matrix(inputs.items, data.n_items)
-    ctr, history = fit_ctr(ctr_frames["train"], ctr_frames["valid"], data.n_users, genres, inputs.counts, cfg.ctr,
-                           _seed(params, "ctr"))
-    save_torch(ctr, out / "ctr.pt")
-    records["ctr"] = {**_history(history), "valid": ctr_metrics(ctr, ctr_frames["valid"]),
-                      "wall_s": time.perf_counter() - start}
-
-    start = time.perf_counter()
-    tables, recent = inputs.ctr_tables(), cfg.ctr_gbdt.recent_items
-    train_ratings = RatingTable([data.train], data.n_users, data.n_items).values  # a training row reads train only
-    x, y = training_matrix(tables, ctr_frames["train"], seqs, train_ratings, recent)
-    v = ctr_frames["valid"]
-    x_valid = scoring_matrix(tables, inputs.ratings.values, recent, v["user_idx"].to_numpy(),
-                             v["item_idx"].to_numpy(), dict(enumerate(seqs)))
-    gbdt, chosen["ctr_gbdt"], rec = tune_gbdt(x, y, x_valid, v["label"].to_numpy(), tables.categorical,
-                                              cfg.ctr_gbdt, _seed(params, "ctr_gbdt"))
-    (out / "ctr_gbdt.pkl").write_bytes(pickle.dumps(gbdt))
-    records["ctr_gbdt"] = {**rec, "features": tables.names, "train_rows": int(len(y)),
-                           "valid": auc_and_logloss(v["label"].to_numpy(), gbdt.predict_proba(x_valid)[:, 1]),
-                           "wall_s": time.perf_counter() - start}
-    return records, chosen
+    def sequential(self) -> None:
+        cfg, data, k = self.cfg, self.data, self.cfg.eval_k
+        sasrec, sasrec_cfg, rec = tune_sasrec(self.seqs, data.n_items, self.valid, cfg.sasrec, k,
+                                              _seed(self.params, "sasrec"))
+        save_torch(sasrec, self.out / "sasrec.pt")
+        self.chosen["sasrec"] = sasrec_cfg.model_dump()
+        self.record("sasrec", rec, sasrec)
+        texts = item_texts(self.params, self.inputs.items)
+        (self.out / "bm25_texts.json").write_text(json.dumps(texts, ensure_ascii=False) + "\n", encoding="utf-8")
+        query = QueryExperts(Bm25Index(texts, cfg.query), sasrec, cfg.query.weights[0], self.inputs.counts)
+        self.chosen["bm25_sasrec"], rec = tune_query(query, query_rows(_examples(self.params, "query")), self.seqs,
+                                                     cfg.query, k, cfg.report_ks)
+        self.record("bm25_sasrec", {**rec, "valid": rec["valid"]["bm25_sasrec"], "all_valid": rec.pop("valid")})
+        recbole, history = fit_sasrec(self.seqs, data.n_items, self.valid, cfg.sasrec_recbole, k,
+                                      _seed(self.params, "sasrec_recbole"))
+        save_torch(recbole, self.out / "sasrec_recbole.pt")
+        self.record("sasrec_recbole", _history(history), recbole)
 
 
 def train_baselines(params: Params) -> BaselinesReport:
@@ -187,13 +187,19 @@ def train_baselines(params: Params) -> BaselinesReport:
                                    "train_interactions": len(data.train), "ranking": RANKING, "splits_read":
                                    ["train", "valid"], "seed": params.seed + cfg.seed_offset,
                                    "threads": torch.get_num_threads()})
-    records, chosen = _train_all(params, inputs, out)
-    for name, rec in records.items():
-        rec.setdefault("chosen", config_key(chosen[name]) if name in chosen and "chosen" not in rec else None)
-    report.models = records
-    report.data["wall_s"] = time.perf_counter() - start
-    (out / CHOSEN_FILE).write_text(json.dumps(chosen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     path = params.resolve(cfg.metrics_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+    def write() -> None:  # after every expert: a stopped run shows what it did
+        report.data["wall_s"] = time.perf_counter() - start
+        path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+    trainer = _Trainer(params, inputs, out, write)
+    report.models = trainer.records
+    for group in (trainer.neighbourhoods, trainer.content, trainer.rating, trainer.ctr, trainer.sequential):
+        group()
+    for rec in report.models.values():
+        rec.setdefault("chosen", None)
+    (out / CHOSEN_FILE).write_text(json.dumps(trainer.chosen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write()
     return report

@@ -94,7 +94,8 @@ def fit_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int,
 
 def tune_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int, cfg: MfParams,
             rating_range: tuple[float, float], seed: int) -> tuple[BiasedMF, MfParams, dict[str, Any]]:
-    """`fit_mf` for every grid point (`cfg.grid`; None = cfg alone) → the lowest validation RMSE, its config, report."""
+    """`fit_mf` for every grid point (`cfg.grid`; None = cfg alone) → the lowest validation RMSE, its configuration
+    and the report."""
     fits: dict[str, tuple[BiasedMF, MfParams, TrainHistory]] = {}
     for point in grid_points(cfg.grid) if cfg.grid is not None else [{}]:
         point_cfg = cfg.model_copy(update={**point, "grid": None})

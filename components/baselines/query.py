@@ -2,7 +2,8 @@
 
 * `bm25`: BM25 (library `bm25s`, Lucene variant; `baselines.query.k1`, `b`, `stopwords`) of the row's query
   against every item's text (`Title (year) — genres`, as `unirec textualize` writes it); items the query does
-  not match tie at 0, and ties are broken by training popularity (+ at most `POP_TIE_BREAK`);
+  not match tie at 0, and ties are broken by training popularity: the scores are the dense ranks of
+  (BM25, count) pairs, exact in float32 (the ranking helpers' precision) for catalogues below 2^24 items;
 * `bm25_sasrec`: log-softmax of the tuned SASRec's scores over the catalogue + weight × BM25 — SASRec's
   next-item distribution re-weighted by the query's lexical evidence; the weight is chosen on the validation
   query rows (`data/examples/query/valid.parquet`, one row per user and target) by NDCG@eval_k.
@@ -22,8 +23,17 @@ from components.baselines.common import best_config, config_key
 from components.config import QueryParams
 from components.evaluation.ranking import rank_metrics, rank_of_targets
 
-POP_TIE_BREAK = 1e-6
-"""`bm25` adds POP_TIE_BREAK · log(1 + count) / log(1 + max count): only items with equal BM25 scores move."""
+
+
+def lexicographic(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Per row, the dense rank (0 = lowest) of each item's (primary, secondary) pair → float64 (Q, N)."""
+    out = np.empty(primary.shape, dtype=np.float64)
+    for row, values in enumerate(primary):
+        order = np.lexsort((secondary, values))
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (np.diff(values[order]) != 0) | (np.diff(secondary[order]) != 0)
+        out[row, order] = np.cumsum(new) - 1
+    return out
 
 
 class Bm25Index:
@@ -48,11 +58,10 @@ class QueryExperts:
 
     def __init__(self, index: Bm25Index, sasrec: Any, weight: float, counts: np.ndarray) -> None:
         self.index, self.sasrec, self.weight = index, sasrec, weight
-        counts = np.asarray(counts, dtype=np.float64)
-        self.tie_break = POP_TIE_BREAK * np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)
+        self.counts = np.asarray(counts, dtype=np.float64)
 
     def bm25(self, queries: Sequence[str]) -> np.ndarray:
-        return self.index.scores(queries) + self.tie_break[None, :]
+        return lexicographic(self.index.scores(queries), self.counts)
 
     def fused(self, queries: Sequence[str], histories: Sequence[np.ndarray], weight: float | None = None
               ) -> np.ndarray:

@@ -25,32 +25,17 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.baselines.common import config_key, grid_points, log
+from components.baselines.common import TrainHistory, config_key, grid_points, log
 from components.baselines.sasrec import SASRec, prefix_windows
 from components.config import SasrecParams, SasrecTunedParams
 from components.evaluation.ranking import NextItemTask, evaluate_scorer
-
-
-@dataclass
-class RunRecord:
-    """One configuration's training (written to the metrics file)."""
-
-    config: dict[str, Any]
-    curve: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    epochs: int = 0
-    best_epoch: int = 0
-    best_value: float = float("-inf")
-    stopped_early: bool = False
-    pruned_at: int | None = None
-    wall_s: float = 0.0
 
 
 class SasrecRun:
@@ -64,7 +49,8 @@ class SasrecRun:
         self.rng_state = torch.get_rng_state()
         self.gen = torch.Generator().manual_seed(seed)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.record = RunRecord(config=config)
+        self.config, self.pruned_at = config, None
+        self.record = TrainHistory(monitor=f"valid_ndcg@{eval_k}", higher_is_better=True, best_value=float("-inf"))
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.targets_per_window = windows[2].sum(1).numpy()
 
@@ -114,7 +100,7 @@ class SasrecRun:
                 self.best_state = copy.deepcopy(self.model.state_dict())
             elif rec.epochs - rec.best_epoch >= self.cfg.patience:
                 rec.stopped_early = True
-            log.info("sasrec %s epoch %d: loss %.4f, valid ndcg@%d %.4f", config_key(rec.config), rec.epochs,
+            log.info("sasrec %s epoch %d: loss %.4f, valid ndcg@%d %.4f", config_key(self.config), rec.epochs,
                      rec.train_loss[-1], self.eval_k, value)
         self.rng_state = torch.get_rng_state()
         rec.wall_s += time.perf_counter() - start
@@ -147,8 +133,8 @@ def tune_sasrec(sequences: Sequence[np.ndarray], n_items: int, valid: NextItemTa
             run.train_until(rung)
         keep = _rank(active)[:math.ceil(len(active) / cfg.halving_eta)]
         for run in active:
-            if run not in keep and run.record.pruned_at is None:
-                run.record.pruned_at = rung
+            if run not in keep:
+                run.pruned_at = rung
         active = [r for r in runs if r in keep]
     for run in active:
         run.train_until(cfg.max_epochs)
@@ -157,8 +143,9 @@ def tune_sasrec(sequences: Sequence[np.ndarray], n_items: int, valid: NextItemTa
         "monitor": f"valid_ndcg@{eval_k}", "selection": "successive halving" if cfg.halving_epochs else "full grid",
         "halving_epochs": list(cfg.halving_epochs), "halving_eta": cfg.halving_eta,
         "windows": {str(k): {"windows": int(len(w[0])), "positions": int(w[3].sum())} for k, w in windows.items()},
-        "grid": {config_key(r.record.config): r.record.__dict__ for r in runs},
-        "chosen": config_key(chosen.record.config), "chosen_config": chosen.cfg.model_dump(),
+        "grid": {config_key(r.config): {"config": r.config, "pruned_at": r.pruned_at, **asdict(r.record)}
+                 for r in runs},
+        "chosen": config_key(chosen.config), "chosen_config": chosen.cfg.model_dump(),
         **{k: getattr(chosen.record, k) for k in ("curve", "train_loss", "epochs", "best_epoch", "best_value",
                                                  "stopped_early")},
         "grid_wall_s": time.perf_counter() - start,

@@ -6,20 +6,19 @@ scores are restricted to the saved list. Each reads the user's history of `EvalD
 test rows), so `expert_rows` scores validation rows as well as test rows. The names, stable, and what they are
 (`components/baselines/`, chosen on validation by `unirec baselines`):
 
-| name | expert | tasks |
-|---|---|---|
-| ``pop`` | training counts; on cold_start (all counts 0) ties broken by a seeded uniform jitter in [0, 0.5) — its expected random-order value; on ctr the count is the score (AUC, GAUC; no log loss) | set-out ranking tasks, candidate_choice, ctr |
-| ``sasrec`` | SASRec trained on every prefix, tuned (grid by successive halving) | next_item, multi_objective, query, long_tail, candidate_choice |
-| ``sasrec_recbole`` | SASRec in RecBole's default configuration, untuned | next_item, multi_objective, long_tail, candidate_choice |
-| ``item_knn`` | cosine item-kNN over the training incidence, recency-weighted | next_item, multi_objective, long_tail, candidate_choice |
-| ``bm25`` | BM25 of the row's query over the item texts (popularity breaks ties) | query |
-| ``bm25_sasrec`` | SASRec's log-softmax + w × BM25 | query |
-| ``content`` | cosine to the user's history centroid in the frozen text-embedding space | cold_start |
-| ``ctr_gbdt`` | gradient-boosted trees on item, user and history features | ctr |
-| ``ctr_expert`` | logistic regression on one-hots and user × genre crosses | ctr |
-| ``mf`` | biased matrix factorisation, tuned | rating |
-| ``rating_knn`` | item-kNN regressor on baseline residuals | rating |
-| ``rating_recency`` | item bias + the user's mean offset over their last ratings (closed form) | rating |
+* ``pop`` — training counts; every set-out ranking task, candidate_choice and ctr (the count is the score: AUC,
+  GAUC, no log loss). On cold_start every cold item has count 0, so ties are broken by a seeded uniform jitter
+  in [0, 0.5): its expected (random-order) value instead of the pessimistic worst rank;
+* ``sasrec`` — SASRec trained on every prefix, tuned: next_item, multi_objective, query, long_tail,
+  candidate_choice; ``sasrec_recbole`` — SASRec in RecBole's default configuration, untuned, and ``item_knn`` —
+  recency-weighted cosine item-kNN: next_item, multi_objective, long_tail, candidate_choice;
+* ``bm25`` — BM25 of the row's query over the item texts (popularity breaks ties) and ``bm25_sasrec`` — SASRec's
+  log-softmax + w × BM25: query;
+* ``content`` — cosine to the user's history centroid in the frozen text-embedding space: cold_start;
+* ``ctr_gbdt`` — gradient-boosted trees on item, user and history features, ``ctr_expert`` — logistic regression
+  on one-hots and user × genre crosses: ctr;
+* ``mf`` — tuned biased matrix factorisation, ``rating_knn`` — item-kNN regressor on baseline residuals,
+  ``rating_recency`` — item bias + the user's mean offset over their last ratings: rating.
 """
 
 from __future__ import annotations
