@@ -34,6 +34,21 @@ TINY_MODEL: dict[str, object] = {
     "select_gates.users": 3,  # the validation sweep at test size (test_select_gates.py checks it)
 }
 
+TINY_EXPERTS: dict[str, object] = {
+    "baselines.sasrec.grid.dropout": [0.1, 0.5], "baselines.sasrec.grid.max_len": [10],
+    "baselines.sasrec.grid.hidden_size": [16], "baselines.sasrec.max_epochs": 3, "baselines.sasrec.patience": 2,
+    "baselines.sasrec.halving_epochs": [1], "baselines.sasrec.batch_targets": 64,
+    "baselines.sasrec_recbole.max_epochs": 3, "baselines.sasrec_recbole.batch_size": 16,
+    "baselines.sasrec_recbole.hidden_size": 16, "baselines.sasrec_recbole.inner_size": 32,
+    "baselines.sasrec_recbole.max_len": 10, "baselines.sasrec_recbole.train_stride": 5,
+    "baselines.mf.max_epochs": 10, "baselines.mf.batch_size": 64, "baselines.mf.grid.dim": [4, 8],
+    "baselines.mf.grid.l2": [0.05], "baselines.mf.grid.lr": [0.005], "baselines.ctr.max_epochs": 10,
+    "baselines.ctr.batch_size": 256, "baselines.ctr_gbdt.max_trees": 20, "baselines.ctr_gbdt.trees_per_round": 10,
+    "baselines.ctr_gbdt.grid.max_leaf_nodes": [7, 15], "baselines.ctr_gbdt.grid.min_samples_leaf": [5],
+    "baselines.num_threads": 1,
+}
+"""Every expert at test size: two SASRec configurations (halved after one epoch), two MF and two GBDT ones."""
+
 
 def prepare_tiny_project(folder: Path) -> Params:
     """The real data steps and embed-items on the tiny fixture in `folder` (tiny backbone); returns its Params."""
@@ -70,10 +85,7 @@ def model_params(model_project: Path, tmp_path: Path):
 
 
 # ------------------------------------------------------------------ one trained tiny model, evaluated (session)
-FAST_EXPERTS = {"baselines.sasrec.max_epochs": 3, "baselines.sasrec.batch_size": 16, "baselines.sasrec.hidden_size": 16,
-                "baselines.sasrec.inner_size": 32, "baselines.sasrec.max_len": 10, "baselines.sasrec.train_stride": 5,
-                "baselines.mf.max_epochs": 10, "baselines.mf.batch_size": 64, "baselines.ctr.max_epochs": 10,
-                "baselines.ctr.batch_size": 256}
+FAST_EXPERTS = TINY_EXPERTS
 USERS = {t: 3 for t in TASKS} | {"next_item": None, "rating": None, "ctr": 4}  # all users: compare with the experts
 
 

@@ -1,5 +1,5 @@
 """`unirec evaluate`: pure helpers against hand-computed values, then one tiny trained model and tiny experts
-evaluated end to end (schema, ranges, templates, seen/unseen, agreement with the experts' own test figures,
+evaluated end to end (schema, ranges, templates, seen/unseen, agreement with the shared ranking helpers,
 determinism, self-contained HTML, MLflow) and a clear error without a model."""
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from components.config import TASKS
+from components.baselines import load_baselines, train_baselines
+from components.baselines.mf import rating_errors
+from components.config import TASKS, Params
 from components.evaluation import evaluate
 from components.evaluation.pipeline import build_payload
 from components.evaluation.report import render_html
-from components.evaluation.experts import template_free
+from components.evaluation.experts import EXPERT_NAMES, template_free
+from components.evaluation.ranking import evaluate_scorer, load_split_data, next_item_task
 from components.evaluation.rows import EvalData, parse_spans, rank_rows, sample_users, span_matches
 from components.evaluation.scoring import MetricContext, by_kind, by_template, sensitivity, task_metrics
 from components.evaluation.tracking import flatten_metrics, metric_name
@@ -29,6 +32,7 @@ from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.data import load_examples
 from components.model.prompting import encode_example
+from components.split import load_split_frame
 from tests.model.conftest import eval_params, inside
 from unirec.cli import app
 
@@ -143,9 +147,17 @@ def test_eval_json_schema_tasks_and_metric_ranges(evaluated) -> None:
     assert {"dataset", "model", "unseen", "baselines", "prompt_sensitivity", "meta"} <= set(saved)
     assert saved["dataset"] == "tiny"
     assert set(saved["model"]) == set(saved["unseen"]) == set(TASKS)
-    assert set(saved["baselines"]) == {"pop", "sasrec", "mf", "ctr_expert"}
+    assert set(saved["baselines"]) == {"pop", "sasrec", "sasrec_recbole", "item_knn", "bm25", "bm25_sasrec", "content",
+                                       "ctr_gbdt", "ctr_expert", "mf", "rating_knn", "rating_recency"}
     assert set(saved["baselines"]["pop"]) == {*SET_OUT, "candidate_choice", "ctr"}
-    assert set(saved["baselines"]["mf"]) == {"rating"} and set(saved["baselines"]["ctr_expert"]) == {"ctr"}
+    ranking = {"next_item", "multi_objective", "long_tail", "candidate_choice"}
+    assert set(saved["baselines"]["sasrec"]) == ranking | {"query"}
+    assert set(saved["baselines"]["sasrec_recbole"]) == set(saved["baselines"]["item_knn"]) == ranking
+    assert set(saved["baselines"]["bm25"]) == set(saved["baselines"]["bm25_sasrec"]) == {"query"}
+    assert set(saved["baselines"]["content"]) == {"cold_start"}
+    for name in ("mf", "rating_knn", "rating_recency"):
+        assert set(saved["baselines"][name]) == {"rating"}
+    assert set(saved["baselines"]["ctr_expert"]) == set(saved["baselines"]["ctr_gbdt"]) == {"ctr"}
     for task in SET_OUT:
         m = saved["model"][task]
         assert {"hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10"} <= set(m)
@@ -189,14 +201,20 @@ def test_every_template_is_in_the_sensitivity_table_with_its_kind(evaluated) -> 
             f"{task}/seen-1"]["value"]
 
 
-def test_experts_match_their_own_test_figures_on_all_users(evaluated) -> None:
-    """Same protocol as `unirec baselines`: on all next_item users the figures must agree exactly."""
+def test_experts_match_the_shared_ranking_helpers_on_all_users(evaluated) -> None:
+    """The experts' next_item figures in eval.json equal `ranking.evaluate_scorer` (the protocol they are tuned with
+    on validation) on every test user; MF's RMSE equals its own predictions on rating_test."""
     params, report = evaluated
-    own = json.loads(Path(params.resolve(params.baselines.metrics_file)).read_text())["models"]
-    for ours, theirs in (("sasrec", "sasrec"), ("pop", "popularity")):
+    models = load_baselines(params)
+    test = next_item_task(load_split_data(params), "test")
+    for ours, theirs in (("sasrec", "sasrec"), ("sasrec_recbole", "sasrec_recbole"), ("item_knn", "item_knn"),
+                         ("pop", "popularity")):
+        own = evaluate_scorer(models[theirs], test, (5, 10, 20), 64)
         for metric in ("hr@5", "ndcg@10", "hr@20"):
-            assert report.payload["baselines"][ours]["next_item"][metric] == pytest.approx(own[theirs]["test"][metric])
-    assert report.payload["baselines"]["mf"]["rating"]["rmse"] == pytest.approx(own["mf"]["test"]["rmse"], rel=1e-5)
+            assert report.payload["baselines"][ours]["next_item"][metric] == pytest.approx(own[metric]), (ours, metric)
+    rating_test = load_split_frame(params.resolve(params.paths.splits_dir), "rating_test")
+    assert report.payload["baselines"]["mf"]["rating"]["rmse"] == pytest.approx(
+        rating_errors(models["mf"], rating_test)["rmse"], rel=1e-5)
 
 
 def test_plots_and_html_report_are_written_and_self_contained(evaluated) -> None:
@@ -204,7 +222,8 @@ def test_plots_and_html_report_are_written_and_self_contained(evaluated) -> None
     plots = params.resolve(params.evaluate.plots_dir)
     comparison = pd.read_csv(plots / "comparison.csv")
     assert list(comparison.columns) == ["task", "metric", "model", "value"]
-    assert {"unirec", "unirec_unseen", "pop", "sasrec", "mf", "ctr_expert"} == set(comparison["model"])
+    assert {"unirec", "unirec_unseen", *report.payload["baselines"]} == set(comparison["model"])
+    assert set(report.payload["baselines"]) == set(EXPERT_NAMES)
     sens = pd.read_csv(plots / "sensitivity.csv")
     assert list(sens.columns) == ["task", "template_id", "kind", "metric", "value"] and len(sens) == 6 * len(TASKS)
     html = params.resolve(params.evaluate.report_file).read_text()
