@@ -25,6 +25,9 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
     # component loggers (components.*) appear in the Prefect task-run logs
     "PREFECT_LOGGING_EXTRA_LOGGERS": "components",
+    # ... and outside a flow run (a DVC stage, a CLI command, a test calling a step) they go to the console
+    # only, without Prefect's "attempted to send logs to the API without a flow run id" warning per record
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 for _key, _value in OFFLINE_DEFAULTS.items():

@@ -1,6 +1,6 @@
 """Expert baselines: pure pieces (ranking metric, SASRec windows, early stopping, buckets), then each expert
 trained briefly on the tiny RecBole fixture (ingest → validate → split). The whole step (`train_baselines`, which
-also reads the examples and the text embeddings) is tested in tests/model/test_experts.py."""
+also reads the examples and the text embeddings) is tested in tests/model/test_baselines_step.py."""
 
 from __future__ import annotations
 

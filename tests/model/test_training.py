@@ -41,7 +41,7 @@ def test_two_steps_per_task_reduce_nothing_to_nan_and_update_weights(model_param
         assert set(losses) == {task}
         loss = losses[task]
         assert torch.isfinite(loss)
-        values.append(float(loss))
+        values.append(float(loss.detach()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
