@@ -148,7 +148,9 @@ def run(params_path: str, overrides: dict[str, Any], skip: list[str], refresh: l
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:  # invalid params / overrides, before any step ran
-        print(f"unirec flow failed: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"unirec flow failed: {' | '.join(str(exc).splitlines())}", file=sys.stderr)
         return 1
     print(json.dumps(result["steps"], indent=2) if as_json else result["summary"])
     return 0

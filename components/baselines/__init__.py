@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.artifacts import torch_load
 from components.baselines.common import TrainHistory
 from components.evaluation.ranking import (NextItemScorer, SplitData, evaluate_scorer, load_split_data,
                                            next_item_task)
@@ -148,11 +149,11 @@ def load_baselines(params: Params) -> dict[str, Any]:
     out, data = params.resolve(params.baselines.out_dir), load_split_data(params)
     models: dict[str, Any] = {"popularity": Popularity.load(out / "popularity.npy")}
     sasrec = SASRec(data.n_items, params.baselines.sasrec)
-    sasrec.load_state_dict(torch.load(out / "sasrec.pt"))
-    mf_state = torch.load(out / "mf.pt")
+    sasrec.load_state_dict(torch_load(out / "sasrec.pt", "baselines"))
+    mf_state = torch_load(out / "mf.pt", "baselines")
     mf = BiasedMF(data.n_users, data.n_items, params.baselines.mf, 0.0, (0.0, 0.0))
     mf.load_state_dict(mf_state)
-    ctr_state = torch.load(out / "ctr.pt")
+    ctr_state = torch_load(out / "ctr.pt", "baselines")
     ctr = LogisticCrosses(data.n_users, ctr_state["genres"].numpy(), ctr_state["buckets"].numpy(),
                           ctr_state["pop_w.weight"].shape[0] - 1)
     ctr.load_state_dict(ctr_state)

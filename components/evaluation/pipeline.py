@@ -127,6 +127,7 @@ def evaluate(params: Params) -> EvalReport:
     torch.manual_seed(params.seed + cfg.seed_offset)
     data = load_eval_data(params)
     built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
+    experts = load_baselines(params)  # before the model's predictions: an unreadable expert file fails at once
     loaded = time.perf_counter()
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)
@@ -141,7 +142,7 @@ def evaluate(params: Params) -> EvalReport:
         seconds[task] = time.perf_counter() - t0
         log.info("evaluate %s: %d rows in %.1f s", task, len(model_rows[task]), seconds[task])
     t0 = time.perf_counter()
-    expert = expert_rows(load_baselines(params), data, cfg.top_k, params.seed + cfg.seed_offset)
+    expert = expert_rows(experts, data, cfg.top_k, params.seed + cfg.seed_offset)
     baseline_s = time.perf_counter() - t0
     client, run_id, created = open_run(params)
     meta = {"model_dir": str(params.train.out_dir), "baselines_dir": str(params.baselines.out_dir),

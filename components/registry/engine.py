@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.artifacts import load_npy
 from components.config import Params, load_params
 from components.model.inference import generate_batch, length_buckets
 from components.indexing import load_item_index
@@ -80,7 +81,7 @@ class Recommender:
         model_dir = params.resolve(params.train.out_dir)
         built = load_trained(params, model_dir, params.resolve(params.select_gates.out_file))
         index = load_item_index(params.resolve(params.index.out_dir), model_dir / "item_vectors.npy", params.index)
-        vectors = np.ascontiguousarray(np.load(model_dir / "item_vectors.npy"), dtype=np.float32)
+        vectors = np.ascontiguousarray(load_npy(model_dir / "item_vectors.npy", "train"), dtype=np.float32)
         engine = cls(params, built, index, vectors)
         log.info("unirec model loaded from %s in %.1f s", bundle, time.perf_counter() - start)
         return engine

@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
+from components.artifacts import read_json
 from components.config import Params
 from components.evaluation.tracking import experiment_id, flatten_metrics, training_run_id
 from components.registry.bundle import build_bundle, fingerprint
@@ -126,7 +127,7 @@ def flatten_params(params: Params) -> dict[str, str]:
 
 def _read_eval(params: Params) -> tuple[dict[str, Any] | None, Path]:
     path = params.resolve(params.evaluate.metrics_file)
-    return (json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None), path
+    return (read_json(path, "evaluate") if path.is_file() else None), path
 
 
 def _find_run(params: Params, client: MlflowClient, payload: dict[str, Any] | None) -> str | None:

@@ -37,14 +37,30 @@ class RegistryError(ValueError):
     """The registry is not in the state a command needs; the message says what to run."""
 
 
+def check_store(uri: str) -> None:
+    """A local SQLite tracking store that exists must be an SQLite file (else MLflow fails deep in SQLAlchemy)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise RegistryError(f"{path}: not an SQLite database, so not an MLflow tracking store (truncated or "
+                                "overwritten?): move it away to start a new store, or point mlflow.tracking_uri at "
+                                "the right one")
+
+
 def client_for(params: Params) -> MlflowClient:
     uri = params.tracking_uri()
+    check_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextlib.contextmanager
 def fluent_uri(params: Params) -> Iterator[None]:
     """Point MLflow's fluent API (log_model, register_model, load_model) at the project's store, then restore."""
+    check_store(params.tracking_uri())
     before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(params.tracking_uri())
     mlflow.set_registry_uri(params.tracking_uri())
