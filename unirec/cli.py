@@ -156,9 +156,11 @@ for _step in STEPS:
 @app.command("promote", help=STEP["promote"].help)
 def promote(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
             rollback: Annotated[bool, typer.Option("--rollback", help="Move the champion alias back to the "
-                                                   "previous champion.")] = False) -> None:
-    step = STEP["promote"].function()
-    _run("promote", params, set_, debug, lambda p: step(p, rollback=rollback))
+                                                   "previous champion.")] = False,
+            strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 when the gate refuses the "
+                                                 "challenger (default: a refusal is a successful run).")] = False
+            ) -> None:
+    _run("promote", params, set_, debug, lambda p: STEP["promote"].function()(p, rollback=rollback, strict=strict))
 
 
 def _ids(text: str | None) -> list[str]:
