@@ -226,6 +226,22 @@ def benchmark_retrieval(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = 
     _run("benchmark retrieval", params, set_, debug, step)
 
 
+@benchmark_app.command("serving")
+def benchmark_serving(url: Annotated[str, typer.Option("--url", help="The running scoring server, e.g. "
+                                                     "http://127.0.0.1:5001 (`mlflow models serve`).")],
+                      params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False,
+                      note: Annotated[str, typer.Option("--note", help="What is served (recorded in the file's "
+                                                        "meta), e.g. the model version.")] = "") -> None:
+    """Latency per task and status classes of benchmark.serving_requests good and bad requests, sent one at a time
+    to a running scoring server → metrics/bench_serving.json (a 5xx answer is a serving bug)."""
+    def step(p: object) -> object:
+        from components.registry.bench_serving import benchmark_serving as component
+
+        return component(p, url, note=note)
+
+    _run("benchmark serving", params, set_, debug, step)
+
+
 report_app = typer.Typer(help="Documents generated from the committed metrics.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 

@@ -182,6 +182,9 @@ CASES: list[Case] = [
                "paths.examples_dir", "textualize"),
     _truncated("benchmark-retrieval-truncated-adapter", "benchmark retrieval", model,
                "adapter/adapter_model.safetensors", "train.out_dir", "train"),
+    Case("benchmark-serving-no-server", "benchmark serving", lambda c: {"paths.metrics_dir": c.out("metrics")},
+         ("http://127.0.0.1:9", "no scoring server answers /ping", "mlflow models serve"), args=(
+             "--url", "http://127.0.0.1:9"), error="ServingBenchError"),
     Case("report-readme-truncated-eval-json", "report readme",
          lambda c: {"evaluate.metrics_file": c.garbage("eval.json", TRUNCATED_JSON)},
          ("eval.json", UNREADABLE, "re-run `unirec evaluate`"), error="ArtifactError"),
@@ -245,8 +248,8 @@ def test_the_cases_cover_every_command() -> None:
 
     commands = _cli_commands()
     assert set(ORDER) <= commands
-    assert {"recommend", "benchmark train", "benchmark retrieval", "report readme", "flow run",
-            "flow champion-eval", "flow pools"} <= commands
+    assert {"recommend", "benchmark train", "benchmark retrieval", "benchmark serving", "report readme",
+            "flow run", "flow champion-eval", "flow pools"} <= commands
     assert {c.command for c in CASES} == commands
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from components.config import TASKS
 from components.registry import promote, register_model
 from tests.flows.registry_stack import Server, Stack, eval_figures, model_server, shared_stack
 from unirec.cli import app
@@ -210,3 +211,24 @@ def test_unirec_recommend_prints_a_table_from_the_champion(served) -> None:
     assert len(table) == 4
     bad = CliRunner().invoke(app, [*args, "--user", user, "-k", "0"])
     assert bad.exit_code == 1 and "unirec recommend failed: k must be in [1, 100], got 0" in bad.output
+
+
+@pytest.mark.slow
+def test_1000_mixed_requests_get_no_5xx_and_latency_per_task_is_written(served, tmp_path: Path) -> None:
+    """The load test: `benchmark_serving` sends 1000 good and bad requests (every task, every rule) one at a time;
+    every good one is answered, every bad one gets a 400, none a 5xx; bench_serving.json holds p50 / p95 per task."""
+    from components.registry.bench_serving import benchmark_serving
+
+    params, server = served
+    report = benchmark_serving(params, server.url, out=tmp_path / "bench_serving.json",
+                               note=f"tiny test bundle models:/{NAME}@champion (tests/flows/test_serving.py)")
+    payload = json.loads((tmp_path / "bench_serving.json").read_text())
+    assert payload == report.payload and payload["requests"] == 1000
+    assert payload["status"]["5xx"] == 0 and payload["status"]["other"] == 0, payload["unexpected_examples"]
+    assert payload["unexpected"] == 0, payload["unexpected_examples"]
+    assert 200 < payload["rejected"]["requests"] < 400 and len(payload["rejected"]["by_rule"]) == 15
+    assert set(payload["tasks"]) == set(TASKS)
+    for task, row in payload["tasks"].items():
+        assert row["answered"] == row["requests"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"], (task, row)
+    assert server.alive()
+    print("\n" + report.summary())
