@@ -40,7 +40,8 @@ __all__ = ["EvalReport", "evaluate", "build_payload"]
 ABLATED_TASKS = (*SET_OUT_TASKS, "ctr", "rating")
 """Tasks the ablations are measured on (every set-out task, ctr, rating)."""
 
-BASELINE_FILES = ("popularity.npy", "sasrec.pt", "mf.pt", "ctr.pt")
+BASELINE_FILES = ("popularity.npy", "sasrec.pt", "sasrec_recbole.pt", "mf.pt", "ctr.pt", "ctr_gbdt.pkl", "bm25_texts.json",
+                  "chosen.json")
 CONVENTIONS = {
     "ranking": "full ranking over all items; the user's earlier items (train, + valid for the test split) excluded "
                "except the target; ties pessimistic (the target ranks below every item with an equal score)",
