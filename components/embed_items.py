@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from components.artifacts import read_parquet
 from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE, collaborative_vectors, neighbour_factors
 from components.config import Params
 from components.tables import id_map_path
@@ -109,11 +110,11 @@ def _read_inputs(params: Params) -> tuple[pd.DataFrame, list[str]]:
     for path, step in ((map_path, "validate"), (text_path, "textualize")):
         if not path.is_file():
             raise EmbedItemsError(f"{path}: not found — run `unirec {step}` first")
-    id_map = pd.read_parquet(map_path).sort_values("idx", kind="stable").reset_index(drop=True)
+    id_map = read_parquet(map_path, "validate").sort_values("idx", kind="stable").reset_index(drop=True)
     n = len(id_map)
     if not np.array_equal(id_map["idx"].to_numpy(), np.arange(n)):
         raise EmbedItemsError(f"{map_path}: item idx is not contiguous 0..{n - 1}")
-    texts = pd.read_parquet(text_path, columns=["item_idx", "text"])
+    texts = read_parquet(text_path, "textualize", columns=["item_idx", "text"])
     idx = texts["item_idx"].to_numpy()
     missing = np.setdiff1d(np.arange(n), idx)
     extra = np.setdiff1d(idx, np.arange(n))

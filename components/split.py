@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts import read_parquet
 from components.config import Params
 from components.tables import id_map_path, table_path
 
@@ -165,8 +166,8 @@ def split(params: Params) -> SplitReport:
     path = table_path(canonical, "interactions")
     if not path.is_file():
         raise SplitError(f"{path}: not found; run `unirec validate` first")
-    inter = pd.read_parquet(path)
-    n_items = len(pd.read_parquet(id_map_path(canonical, "items")))
+    inter = read_parquet(path, "validate")
+    n_items = len(read_parquet(id_map_path(canonical, "items"), "validate"))
     cfg, notes = params.split, []
     cold_items = choose_cold_items(inter["item_idx"].to_numpy(), cfg.cold_item_fraction, _rng(params, "cold_items"))
     is_cold = inter["item_idx"].isin(cold_items)
@@ -227,4 +228,4 @@ def load_split_frame(splits_dir: Path, name: str) -> pd.DataFrame:
     path = splits_dir / f"{name}.parquet"
     if not path.is_file():
         raise SplitError(f"{path}: not found; run `unirec split` first")
-    return pd.read_parquet(path)
+    return read_parquet(path, "split")

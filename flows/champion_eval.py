@@ -96,11 +96,14 @@ def champion_eval(params_path: str = "params.yaml", overrides: dict[str, Any] | 
     return result
 
 
-def run(params_path: str, overrides: dict[str, Any], alias: str | None) -> int:
-    """`unirec flow champion-eval`: run the flow, print its summary; the exit code."""
+def run(params_path: str, overrides: dict[str, Any], alias: str | None, debug: bool = False) -> int:
+    """`unirec flow champion-eval`: run the flow, print its summary; the exit code (`debug`: errors propagate)."""
     try:
+        load_params(params_path, {**env_overrides(), **overrides})  # a typo fails here, before Prefect starts
         result = champion_eval(params_path=params_path, overrides=overrides, alias=alias)
     except Exception as exc:  # noqa: BLE001 - one clear line; the Prefect log holds the traceback
+        if debug:
+            raise
         print(f"unirec champion-eval failed: {one_line(exc)}", file=sys.stderr)
         return 1
     print(result["summary"])

@@ -22,7 +22,15 @@ POOL_TYPE = "process"
 
 def work_pool_names(prefect_file: Path) -> list[str]:
     """The pools the deployments of `prefect_file` run on, in file order, each once."""
-    config = yaml.safe_load(Path(prefect_file).read_text()) or {}
+    path = Path(prefect_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: deployments file not found: run from the project root (prefect.yaml) or "
+                                "pass --prefect-file")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not valid UTF-8 YAML ({getattr(exc, 'problem', None) or type(exc).__name__}): "
+                         "fix the deployments file or pass --prefect-file") from None
     names: list[str] = []
     for deployment in config.get("deployments") or []:
         name = ((deployment or {}).get("work_pool") or {}).get("name")

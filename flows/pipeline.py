@@ -4,7 +4,9 @@ embed-items → train, baselines → index → evaluate → register → promote
 Each step is one cached task over its component function (flows/tasks.py); the order and each
 step's inputs come from dvc.yaml (flows/plan.py). A failing step does not stop the steps that do not
 need it; at the end a summary names every step's outcome (ran / cached / skipped / FAILED / not run)
-and the flow fails with that summary if any step failed.
+and the flow fails with that summary if any step failed. When every step succeeded but the promotion gate
+refused the challenger, the run ends COMPLETED under the state name "Challenger refused" (`REFUSED_STATE`), with
+the refusal as the state message.
 
 Offline: with no PREFECT_API_URL, Prefect starts its ephemeral API server (SQLite under
 PREFECT_HOME = `<repo>/.prefect`). Run it with `make run` or `unirec flow run [--set k=v]`.
@@ -23,8 +25,9 @@ from typing import Any
 import flows  # noqa: F401  (offline Prefect defaults, before prefect is imported)
 import yaml
 from prefect import flow, get_run_logger
+from prefect.states import Completed, State
 
-from components.config import load_params
+from components.config import Params, load_params
 from flows.fingerprint import results_dir
 from components.steps import ORDER, STEP
 from flows.plan import StepName, build_plan
@@ -33,6 +36,10 @@ from flows.tasks import STEP_TASKS
 ENV_OVERRIDES = "UNIREC_OVERRIDES"
 """Env var holding a JSON/YAML mapping of dotted overrides applied under the `overrides` parameter
 (infra/docker-compose.yml points `mlflow.tracking_uri` at the MLflow server this way)."""
+
+
+REFUSED_STATE = "Challenger refused"
+"""Name of the final (COMPLETED) state of a flow run whose challenger the promotion gate refused."""
 
 
 class PipelineFailed(RuntimeError):
@@ -116,8 +123,10 @@ def run_steps(params_path: str, overrides: dict[str, Any], skip: set[str], refre
 
 @flow(name="unirec-pipeline", validate_parameters=True)
 def unirec_pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
-                    skip: list[StepName] | None = None, refresh: list[StepName] | None = None) -> dict[str, Any]:
-    """Run every pipeline step, each cached on its inputs.
+                    skip: list[StepName] | None = None, refresh: list[StepName] | None = None
+                    ) -> dict[str, Any] | State[Any]:
+    """Run every pipeline step, each cached on its inputs; returns {"summary", "steps", "refused"} (a refused
+    challenger: as the data of a COMPLETED state named "Challenger refused"; calling the flow still returns the dict).
 
     Args:
         params_path: the params.yaml to read (relative to the working directory).
@@ -128,19 +137,46 @@ def unirec_pipeline(params_path: str = "params.yaml", overrides: dict[str, Any] 
     """
     merged = {**env_overrides(), **(overrides or {})}
     path = str(Path(params_path).resolve())
-    load_params(path, merged)  # invalid params fail here, before any step
+    params = load_params(path, merged)  # invalid params fail here, before any step
     outcomes = run_steps(path, merged, set(skip or ()), set(refresh or ()))
     summary = render_summary(outcomes)
     logger = get_run_logger()
     if any(o.status == "failed" for o in outcomes.values()):
         logger.error(summary)
         raise PipelineFailed(summary)
-    logger.info(summary)
-    return {"summary": summary, "steps": {n: asdict(o) for n, o in outcomes.items()}}
+    refused = refusal(params, outcomes)
+    if refused:
+        summary += f"\n  {refused}"
+        logger.warning(summary)
+    else:
+        logger.info(summary)
+    result = {"summary": summary, "steps": {n: asdict(o) for n, o in outcomes.items()}, "refused": refused}
+    # A refused challenger is not a failure (the champion keeps serving), but it must not look like a normal
+    # run either: the flow run ends Completed under its own state name, visible in the UI and the API.
+    return Completed(message=refused, name=REFUSED_STATE, data=result) if refused else result
 
 
-def run(params_path: str, overrides: dict[str, Any], skip: list[str], refresh: list[str], as_json: bool = False) -> int:
-    """`unirec flow run`: check the params, run the flow, print its summary; the exit code (0 = every step succeeded)."""
+def refusal(params: Params, outcomes: dict[str, Outcome]) -> str:
+    """'challenger vN refused by the promotion gate: …' when this run's promote step (ran or cached) left the
+    challenger refused (read from `registry.promotion_file`), else ''."""
+    if outcomes.get("promote") is None or outcomes["promote"].status not in ("ran", "cached"):
+        return ""
+    try:
+        record = json.loads(params.resolve(params.registry.promotion_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if record.get("action") != "refused":
+        return ""
+    return (f"challenger v{record.get('challenger')} refused by the promotion gate: {record.get('reason')}; "
+            f"{params.registry.champion_alias} stays v{record.get('champion')}")
+
+
+def run(params_path: str, overrides: dict[str, Any], skip: list[str], refresh: list[str], as_json: bool = False,
+        debug: bool = False) -> int:
+    """`unirec flow run`: check the params, run the flow, print its summary; the exit code (0 = every step succeeded).
+
+    Invalid params or overrides fail before Prefect starts with one line `unirec flow failed: …` (`debug`: the
+    exception propagates); a failed step prints the per-step summary."""
     try:
         load_params(params_path, {**env_overrides(), **overrides})  # a typo fails here, before Prefect starts
         result = unirec_pipeline(params_path=params_path, overrides=overrides, skip=skip, refresh=refresh)
@@ -148,7 +184,9 @@ def run(params_path: str, overrides: dict[str, Any], skip: list[str], refresh: l
         print(exc, file=sys.stderr)
         return 1
     except ValueError as exc:  # invalid params / overrides, before any step ran
-        print(f"unirec flow failed: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"unirec flow failed: {' | '.join(str(exc).splitlines())}", file=sys.stderr)
         return 1
     print(json.dumps(result["steps"], indent=2) if as_json else result["summary"])
     return 0

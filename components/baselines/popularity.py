@@ -38,4 +38,6 @@ class Popularity:
 
     @classmethod
     def load(cls, path: Path) -> "Popularity":
-        return cls(np.load(path))
+        from components.artifacts import load_npy
+
+        return cls(load_npy(path, "baselines"))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.artifacts import missing, reading, torch_load
 from components.config import MfParams, Params, SasrecParams
 
 CHOSEN_FILE = "chosen.json"
@@ -28,8 +29,9 @@ def save_torch(model: nn.Module, path: Path) -> None:
 def read_chosen(out: Path) -> dict[str, Any]:
     path = out / CHOSEN_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `unirec baselines` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise missing(path, "baselines")
+    with reading(path, "baselines"):
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_baselines(params: Params) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def load_baselines(params: Params) -> dict[str, Any]:
     models: dict[str, Any] = {"popularity": Popularity.load(out / "popularity.npy")}
     for name, arch in (("sasrec", SasrecParams(**chosen["sasrec"])), ("sasrec_recbole", cfg.sasrec_recbole)):
         model = SASRec(data.n_items, arch)
-        model.load_state_dict(torch.load(out / f"{name}.pt"))
+        model.load_state_dict(torch_load(out / f"{name}.pt", "baselines"))
         models[name] = model.eval()
     models["item_knn"] = ItemKnn.build(inputs.co, **chosen["item_knn"])
     texts = json.loads((out / "bm25_texts.json").read_text(encoding="utf-8"))
@@ -60,18 +62,22 @@ def load_baselines(params: Params) -> dict[str, Any]:
                                    inputs.counts)
     models["content"] = ContentCentroid.build(inputs.text, **chosen["content"])
     mf = BiasedMF(data.n_users, data.n_items, MfParams(**chosen["mf"]), 0.0, (0.0, 0.0))
-    mf.load_state_dict(torch.load(out / "mf.pt"))
+    mf.load_state_dict(torch_load(out / "mf.pt", "baselines"))
     knn = chosen["rating_knn"]
     models["rating_knn"] = build_rating_knn(data.train, data.n_users, data.n_items, knn["neighbours"],
                                             knn["shrinkage"], cfg.rating_knn.bias_reg, inputs.ratings, rating_range)
     recency = chosen["rating_recency"]
     mu, bias = item_biases(data.train, data.n_items, recency["item_reg"])
     models["rating_recency"] = RatingRecency(mu, bias, recency["window"], inputs.ratings, rating_range)
-    ctr_state = torch.load(out / "ctr.pt")
+    ctr_state = torch_load(out / "ctr.pt", "baselines")
     ctr = LogisticCrosses(data.n_users, ctr_state["genres"].numpy(), ctr_state["buckets"].numpy(),
                           ctr_state["pop_w.weight"].shape[0] - 1)
     ctr.load_state_dict(ctr_state)
-    gbdt = pickle.loads((out / "ctr_gbdt.pkl").read_bytes())
+    gbdt_path = out / "ctr_gbdt.pkl"
+    if not gbdt_path.is_file():
+        raise missing(gbdt_path, "baselines")
+    with reading(gbdt_path, "baselines"):
+        gbdt = pickle.loads(gbdt_path.read_bytes())
     models["ctr_gbdt"] = GbdtCtr(gbdt, inputs.ctr_tables(), inputs.ratings.values, cfg.ctr_gbdt.recent_items)
     models.update(mf=mf.eval(), ctr=ctr.eval())
     return models

@@ -72,6 +72,8 @@ class ServingParams(_Strict):
     max_items: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)
+    max_request_prompt_tokens: int = Field(ge=1)
+    max_request_new_tokens: int = Field(ge=1)
     autocast_bf16: bool | Literal["auto"]
     num_threads: int = Field(ge=0)
 

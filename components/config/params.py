@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from components.config.base import _Strict
 from components.config.data import (
@@ -47,6 +47,8 @@ class Params(_Strict):
     orchestration: OrchestrationParams
     root: Path = Path(".")
     """Folder holding params.yaml; every relative path in the file is relative to it."""
+    _source: Path | None = PrivateAttr(default=None)
+    """The params file `load_params` read (before overrides); see `source_file`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -59,6 +61,11 @@ class Params(_Strict):
             raise ValueError("model.item_neighbours.window > 0 reads the item-neighbourhood factors: set "
                              "embed_items.neighbours.enabled: true (and run `unirec embed-items`)")
         return self
+
+    def source_file(self) -> Path:
+        """The params file these params were read from (overrides are applied on top of it): what
+        `load_params` read, else `<root>/params.yaml`. `promote` compares the gate settings with it."""
+        return self._source or self.root / "params.yaml"
 
     def tracking_uri(self) -> str:
         """`mlflow.tracking_uri` with a relative sqlite path anchored at `root` (absolute URIs unchanged)."""
@@ -104,13 +111,17 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, object] |
         _set_dotted(raw, dotted, value, path)
     raw["root"] = path.resolve().parent
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{path}: invalid configuration"]
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
             lines.append(f"  {key}: {err['msg']}")
+        if len(lines) == 2:  # one error: one line
+            raise ParamsError(f"{lines[0]}: {lines[1].strip()}") from None
         raise ParamsError("\n".join(lines)) from None
+    params._source = path.resolve()
+    return params
 
 
 def _set_dotted(raw: dict, dotted: str, value: object, path: Path) -> None:
@@ -121,5 +132,7 @@ def _set_dotted(raw: dict, dotted: str, value: object, path: Path) -> None:
             raise ParamsError(f"{path}: override '{dotted}': '{key}' is not a section")
         node = node[key]
     if keys[-1] not in node:
-        raise ParamsError(f"{path}: override '{dotted}': no such key")
+        section = ".".join(keys[:-1]) or "the top level"
+        raise ParamsError(f"{path}: override '{dotted}': no such key; the keys of {section} are "
+                          f"{sorted(str(k) for k in node)}")
     node[keys[-1]] = value

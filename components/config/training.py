@@ -109,3 +109,7 @@ class BenchmarkParams(_Strict):
     retrieval_template: str
     retrieval_warmup: int = Field(ge=0)
     retrieval_max_new_tokens: int = Field(ge=2)
+    serving_requests: int = Field(ge=1)
+    serving_bad_fraction: float = Field(ge=0.0, le=1.0)
+    serving_warmup: int = Field(ge=0)
+    serving_timeout_s: int = Field(ge=1)

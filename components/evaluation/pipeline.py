@@ -40,7 +40,8 @@ __all__ = ["EvalReport", "evaluate", "build_payload"]
 ABLATED_TASKS = (*SET_OUT_TASKS, "ctr", "rating")
 """Tasks the ablations are measured on (every set-out task, ctr, rating)."""
 
-BASELINE_FILES = ("popularity.npy", "sasrec.pt", "mf.pt", "ctr.pt")
+BASELINE_FILES = ("popularity.npy", "sasrec.pt", "sasrec_recbole.pt", "mf.pt", "ctr.pt", "ctr_gbdt.pkl", "bm25_texts.json",
+                  "chosen.json")
 CONVENTIONS = {
     "ranking": "full ranking over all items; the user's earlier items (train, + valid for the test split) excluded "
                "except the target; ties pessimistic (the target ranks below every item with an equal score)",
@@ -194,6 +195,7 @@ def evaluate(params: Params) -> EvalReport:
     torch.manual_seed(params.seed + cfg.seed_offset)
     data = load_eval_data(params)
     built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
+    experts = load_baselines(params)  # before the model's predictions: an unreadable expert file fails at once
     loaded = time.perf_counter()
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)
@@ -202,7 +204,6 @@ def evaluate(params: Params) -> EvalReport:
                                 generation_batch_size=cfg.generation_batch_size)
     model_rows, ablated, seconds = run_model(built, data, inference, list(cfg.ablations))
     t0 = time.perf_counter()
-    experts = load_baselines(params)
     seed = params.seed + cfg.seed_offset
     expert = expert_rows(experts, data, cfg.top_k, seed)
     best, valid_figures = best_experts(expert_rows(experts, _validation_data(params), cfg.top_k, seed), ctx)

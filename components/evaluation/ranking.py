@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.artifacts import read_parquet
 from components.config import Params
 from components.tables import id_map_path
 
@@ -64,7 +65,7 @@ def _split_frame(splits: Path, name: str) -> pd.DataFrame:
     path = splits / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `unirec split` first")
-    return pd.read_parquet(path).sort_values(["user_idx", "order"], kind="stable").reset_index(drop=True)
+    return read_parquet(path, "split").sort_values(["user_idx", "order"], kind="stable").reset_index(drop=True)
 
 
 def load_split_data(params: Params, splits: Sequence[str] = ("train", "valid", "test")) -> SplitData:

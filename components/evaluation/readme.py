@@ -7,11 +7,11 @@ training report and the retrieval benchmark when present), so the README cannot 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.artifacts import read_json
 from components.config import TASKS, Params
 from components.evaluation.scoring import headline_metric
 
@@ -105,11 +105,11 @@ def update_readme(params: Params, readme: Path | None = None, check: bool = Fals
     metrics = params.resolve(params.evaluate.metrics_file)
     if not metrics.is_file():
         raise FileNotFoundError(f"{metrics}: no evaluation figures; run `unirec evaluate` first")
-    payload = json.loads(metrics.read_text(encoding="utf-8"))
+    payload = read_json(metrics, "evaluate")
     bench_file = params.resolve(params.paths.metrics_dir) / "bench_retrieval.json"
-    bench = json.loads(bench_file.read_text(encoding="utf-8")) if bench_file.is_file() else None
+    bench = read_json(bench_file, "benchmark retrieval") if bench_file.is_file() else None
     train_file = params.resolve(params.paths.metrics_dir) / "train.json"
-    train = json.loads(train_file.read_text(encoding="utf-8")) if train_file.is_file() else None
+    train = read_json(train_file, "train") if train_file.is_file() else None
     text = readme.read_text(encoding="utf-8")
     new = render(text, results_table(payload, bench, train), str(readme))
     if check:

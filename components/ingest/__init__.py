@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts import read_parquet
 from components.config import Params
 from components.ingest.convert import NulledAttribute, ParsedTable, typed_frame
 from components.ingest.formats import read_dataset
@@ -124,4 +125,4 @@ def load_interim(folder: Path) -> dict[str, pd.DataFrame]:
     missing = [t for t in COLUMNS if not table_path(folder, t).is_file()]
     if missing:
         raise IngestError(f"{folder}: missing interim table(s) {missing}; run `unirec ingest` first")
-    return {t: pd.read_parquet(table_path(folder, t)) for t in COLUMNS}
+    return {t: read_parquet(table_path(folder, t), "ingest") for t in COLUMNS}

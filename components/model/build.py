@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from components.artifacts import load_npy, load_safetensors, reading
 from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE
 from components.config import Params
 from components.model.backbone import Backbone, load_backbone
@@ -64,7 +65,7 @@ def load_modalities(params: Params) -> dict[str, torch.Tensor]:
     missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {missing}.npy; run `unirec embed-items` first")
-    return {n: torch.from_numpy(np.load(folder / f"{n}.npy").astype(np.float32)) for n in names}
+    return {n: torch.from_numpy(load_npy(folder / f"{n}.npy", "embed-items").astype(np.float32)) for n in names}
 
 
 def load_neighbours(params: Params, n_items: int) -> ItemNeighbours | None:
@@ -76,7 +77,7 @@ def load_neighbours(params: Params, n_items: int) -> ItemNeighbours | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; model.item_neighbours needs it, run `unirec embed-items` "
                                 "with embed_items.neighbours.enabled: true")
-    factors = torch.from_numpy(np.load(path).astype(np.float32))
+    factors = torch.from_numpy(load_npy(path, "embed-items").astype(np.float32))
     if factors.shape[0] != n_items:
         raise ValueError(f"{path}: {factors.shape[0]} rows for {n_items} items; re-run `unirec embed-items`")
     return ItemNeighbours(factors, cfg.window, cfg.decay, cfg.weight)
@@ -184,8 +185,9 @@ def load_trained(params: Params, out_dir: Path | None = None, gates_file: Path |
         backbone.model = type(backbone.model).from_pretrained(out_dir / "backbone_full")
     built = build_model(params, backbone, apply_lora=False)
     if params.lora.enabled:
-        built.model.llm = PeftModel.from_pretrained(backbone.model, out_dir / "adapter")
-    state = load_file(out_dir / "modules.safetensors")
+        with reading(out_dir / "adapter", "train"):
+            built.model.llm = PeftModel.from_pretrained(backbone.model, out_dir / "adapter")
+    state = load_safetensors(out_dir / "modules.safetensors", "train")
     missing = built.model.load_state_dict(state, strict=False)
     bad = [k for k in missing.missing_keys if k.startswith(MODULE_PREFIXES)]
     if bad or missing.unexpected_keys:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from components.artifacts import read_parquet
 from components.model.batching import Batch, collate
 from components.model.prompting import EncodedExample, PromptSpec, encode_example
 
@@ -33,7 +34,7 @@ def load_examples(examples_dir: Path, tasks: Sequence[str], split: str,
         path = examples_file(examples_dir, task, split)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `unirec textualize` first")
-        frame = pd.read_parquet(path)
+        frame = read_parquet(path, "textualize")
         if limit_per_task is not None and len(frame) > limit_per_task:
             frame = frame.sample(n=limit_per_task, random_state=seed).sort_index()
         out[task] = frame.reset_index(drop=True)

@@ -14,6 +14,9 @@ and batched (`model.batching.collate`), and answered in one forward pass per bat
   softmax — one output row per requested item, ranked by that score;
 * text, infill: greedy generation after [LM] (`model.inference.generate_batch`).
 
+Before any forward pass a request's cost is capped (requests.py): rows x `max_new_tokens` of a text task within
+`registry.serving.max_request_new_tokens`, its prompts' tokens within `max_request_prompt_tokens` (HTTP 400).
+
 `encode_example` / `collate` need a target on set-out rows and an answer word on ctr / rating rows (the
 training losses read them); serving prompts carry a placeholder there (`_PLACEHOLDER_ANSWER`, the row's
 last history item or first candidate) that inference never reads.
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.artifacts import load_npy
 from components.config import Params, load_params
 from components.model.inference import generate_batch, length_buckets
 from components.indexing import load_item_index
@@ -40,8 +44,8 @@ from components.model.index import CandidateIndex, TorchIndex, score_candidate_l
 from components.model.prompting import TEXT_TASKS, VERBALISERS, encode_example
 from components.model.verbaliser import ctr_probability, rating_expectation
 from components.registry.bundle import verify_backbone
-from components.registry.requests import (SCORED_TASKS, Catalogue, Options, RequestError, Row, parse_options,
-                                          parse_rows)
+from components.registry.requests import (SCORED_TASKS, Catalogue, Options, RequestError, Row,
+                                          check_generation_cost, check_prompt_cost, parse_options, parse_rows)
 from components.textualize.examples import Instance, make_context, render
 from components.textualize.registry import SET_OUT_TASKS, load_registry
 
@@ -80,7 +84,7 @@ class Recommender:
         model_dir = params.resolve(params.train.out_dir)
         built = load_trained(params, model_dir, params.resolve(params.select_gates.out_file))
         index = load_item_index(params.resolve(params.index.out_dir), model_dir / "item_vectors.npy", params.index)
-        vectors = np.ascontiguousarray(np.load(model_dir / "item_vectors.npy"), dtype=np.float32)
+        vectors = np.ascontiguousarray(load_npy(model_dir / "item_vectors.npy", "train"), dtype=np.float32)
         engine = cls(params, built, index, vectors)
         log.info("unirec model loaded from %s in %.1f s", bundle, time.perf_counter() - start)
         return engine
@@ -91,8 +95,10 @@ class Recommender:
         limits = self.params.registry.serving
         opts = parse_options(options, self.registry, limits)
         rows = parse_rows(frame, self.catalogue, opts, limits)
+        if opts.task in TEXT_TASKS:
+            check_generation_cost(len(rows), limits)
         prompts = self._prompts(rows, opts)
-        outputs = self._infer(prompts, rows, opts)
+        outputs = self._infer(prompts, self._encode(prompts, opts), rows, opts)
         columns = TEXT_COLUMNS if opts.task in TEXT_TASKS else ITEM_COLUMNS
         return pd.DataFrame(outputs, columns=columns)
 
@@ -115,14 +121,24 @@ class Recommender:
             out.append((n, None, render(inst, template, opts.task, "serve", self.context)))
         return out
 
+    def _encode(self, prompts: list[tuple[int, int | None, dict]], opts: Options) -> list:
+        """Tokenised prompts; stops with a `RequestError` as soon as they exceed `max_request_prompt_tokens`
+        (so an oversized request costs at most that many tokens of tokenising, and no forward pass)."""
+        tokenizer, spec, limits = self.built.backbone.tokenizer, self.built.spec, self.params.registry.serving
+        encoded, tokens = [], 0
+        for prompt in prompts:
+            encoded.append(encode_example(prompt[2], tokenizer, spec, with_target=opts.task not in TEXT_TASKS))
+            tokens += len(encoded[-1].input_ids)
+            check_prompt_cost(len(prompts), tokens, limits, complete=len(encoded) == len(prompts))
+        return encoded
+
     @torch.inference_mode()
-    def _infer(self, prompts: list[tuple[int, int | None, dict]], rows: list[Row], opts: Options) -> list[dict]:
-        model, backbone, spec = self.built.model, self.built.backbone, self.built.spec
+    def _infer(self, prompts: list[tuple[int, int | None, dict]], encoded: list, rows: list[Row],
+               opts: Options) -> list[dict]:
         task = opts.task
-        encoded = [encode_example(p[2], backbone.tokenizer, spec, with_target=task not in TEXT_TASKS) for p in prompts]
         results: list[list[dict]] = [[] for _ in rows]
         batch_size = self.params.registry.serving.batch_size
-        model.eval()
+        self.built.model.eval()
         for idx in length_buckets([len(e.input_ids) for e in encoded], batch_size):
             batch = collate([encoded[i] for i in idx], self.pad_id)
             for i, answer in zip(idx, self._answer_batch(batch, [prompts[i] for i in idx], rows, opts)):

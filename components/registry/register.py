@@ -7,7 +7,8 @@ params are immutable), the git commit (`mlflow.source.git.commit`, + `unirec.git
 `dvc.lock`, eval.json's figures (when `unirec evaluate` did not log them already), and eval.json plus the
 validation summary as artifacts under `reports/`. Then the pyfunc ("models from code":
 components/registry/pyfunc_model.py, `code_paths` = the `components` package, the bundle of bundle.py as
-artifact, an explicit signature with params task / k / query / objective / template_id, an input example)
+artifact, an explicit signature with the output columns and params task / k / query / objective / template_id
+but no input schema (the model validates request rows itself), an input example)
 is logged, loaded back through MLflow and asked the input example — a model that cannot answer is never
 registered — and a version of `registry.model_name` is created with alias `registry.challenger_alias`.
 
@@ -33,8 +34,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
-from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from components.artifacts import read_json
 from components.config import Params
 from components.evaluation.tracking import experiment_id, flatten_metrics, training_run_id
 from components.registry.bundle import build_bundle, fingerprint
@@ -82,12 +84,12 @@ class RegisterReport:
 
 
 def signature(params: Params) -> ModelSignature:
-    """Request rows (user_id, history, items; all optional) → answer rows, with the inference params."""
+    """Answer rows and the inference params. No input schema: MLflow would enforce one before the model sees the
+    request — turning `[{}]` into a table without rows, refusing item ids sent as JSON numbers ("Can not safely
+    convert int64 to <U0") and dropping unknown fields silently — so the request rows (user_id, history, items)
+    are validated by the model itself (requests.py), with a message per field."""
     serving = params.registry.serving
     registry = load_registry(params.resolve(params.textualize.registry))
-    inputs = Schema([ColSpec(DataType.string, "user_id", required=False),
-                     ColSpec(Array(DataType.string), "history", required=False),
-                     ColSpec(Array(DataType.string), "items", required=False)])
     outputs = Schema([ColSpec(DataType.long, "request"), ColSpec(DataType.string, "task"),
                       ColSpec(DataType.long, "rank", required=False), ColSpec(DataType.string, "item_id", required=False),
                       ColSpec(DataType.string, "title", required=False), ColSpec(DataType.double, "score", required=False),
@@ -96,7 +98,7 @@ def signature(params: Params) -> ModelSignature:
                            ParamSpec("k", DataType.long, serving.default_k), ParamSpec("query", DataType.string, ""),
                            ParamSpec("objective", DataType.string, next(iter(registry.objectives))),
                            ParamSpec("template_id", DataType.string, "")])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=options)
+    return ModelSignature(inputs=None, outputs=outputs, params=options)
 
 
 def input_example(params: Params) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -126,7 +128,7 @@ def flatten_params(params: Params) -> dict[str, str]:
 
 def _read_eval(params: Params) -> tuple[dict[str, Any] | None, Path]:
     path = params.resolve(params.evaluate.metrics_file)
-    return (json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None), path
+    return (read_json(path, "evaluate") if path.is_file() else None), path
 
 
 def _find_run(params: Params, client: MlflowClient, payload: dict[str, Any] | None) -> str | None:

@@ -4,13 +4,17 @@ A request is a table of rows plus one set of options (the MLflow inference param
 
 * row fields: ``user_id`` (original dataset user id, optional), ``history`` (original item ids, oldest
   first, optional: the user's stored train + valid sequence when empty), ``items`` (original item ids:
-  the targets of ctr / rating, the candidate list of candidate_choice; empty otherwise);
+  the targets of ctr / rating, the candidate list of candidate_choice; empty otherwise). Ids are JSON strings
+  or numbers (``"50"`` and ``50`` name the same item); any other type, and any other field, is an error;
 * options: ``task``, ``k``, ``query`` (the text query of task query, the masked passage of task infill),
   ``objective`` (multi_objective: one of the registry's objectives), ``template_id`` (empty: the task's
   first seen template).
 
 Every violation raises `RequestError` whose message names the field and the rule, e.g.
-``k must be in [1, 100], got 0`` or ``row 0: unknown item id 'abc' in history (not in the catalogue)``.
+``k must be in [1, 100], got 0``, ``row 0: history: unknown item id 'abc' (not in the catalogue of 1682 items)``
+or ``row 0: history[1] must be an item id (a string or an integer), got the number 1.5``. `request_cost` checks
+a request's size against the per-request cost caps (`registry.serving.max_request_prompt_tokens`,
+`max_request_new_tokens`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ QUERY_TASKS = ("query", "infill")
 """Tasks that read the `query` option (infill: the masked passage)."""
 ANONYMOUS = -1
 """User index of rows without a user id (rendered with the registry's `unnamed_user` format)."""
+FIELDS = ("user_id", "history", "items")
+"""The request row fields; any other field is an error (not silently dropped)."""
 
 
 class RequestError(ValueError):
@@ -118,19 +124,67 @@ class Catalogue:
             ratings=ratings)
 
 
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    return str(value).strip()
+    return "" if _missing(value) else str(value).strip()
 
 
-def _ids(value: object) -> list[str]:
-    """A list cell (list / numpy array / None / NaN) as stripped strings."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return []
+def _describe(value: object) -> str:
+    """A JSON-ish name of a value's type, for error messages."""
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {str(bool(value)).lower()}"
     if isinstance(value, str):
-        raise RequestError(f"expected a list of item ids, got the string {value!r}")
-    return [str(v).strip() for v in list(value)]  # type: ignore[call-overload]
+        return f"the string {value!r}"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return f"the number {value}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _id(value: object) -> str | None:
+    """An id given as a JSON string or number (an integral float is the JSON number pandas made of it) → its
+    text; None for any other type."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return None
+
+
+def _user_id(value: object, where: str) -> str:
+    """The `user_id` cell: a string or an integer (JSON numbers are ids too); missing → ''."""
+    if _missing(value):
+        return ""
+    text = _id(value)
+    if text is None:
+        raise RequestError(f"{where}: user_id must be a user id (a string or an integer), got {_describe(value)}")
+    return text
+
+
+def _ids(value: object, field: str) -> list[str]:
+    """A list cell (`history` / `items`: list / numpy array / None / NaN) → the ids as stripped strings;
+    each id a string or an integer."""
+    if _missing(value):
+        return []
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise RequestError(f"{field} must be a list of item ids (strings or integers), got {_describe(value)}")
+    out = []
+    for n, item in enumerate(list(value)):
+        text = _id(item)
+        if text is None:
+            raise RequestError(f"{field}[{n}] must be an item id (a string or an integer), got {_describe(item)}")
+        out.append(text)
+    return out
 
 
 def parse_options(raw: Mapping[str, object] | None, registry: Registry, limits: ServingParams) -> Options:
@@ -177,28 +231,25 @@ def parse_rows(frame: pd.DataFrame, cat: Catalogue, options: Options, limits: Se
     """Validate every row of the request table against the catalogue and the task's rules."""
     if not isinstance(frame, pd.DataFrame):
         raise RequestError(f"the request must be a table of rows (user_id, history, items), got {type(frame).__name__}")
-    unknown = sorted(set(frame.columns) - {"user_id", "history", "items"})
+    unknown = sorted(str(c) for c in set(frame.columns) - set(FIELDS))
     if unknown:
-        raise RequestError(f"unknown request fields {unknown}; fields: ['user_id', 'history', 'items']")
+        raise RequestError(f"unknown request fields {unknown}; fields: {list(FIELDS)}")
     if len(frame) == 0:
-        raise RequestError("the request has no rows")
+        raise RequestError("the request has no rows: send at least one row with a user_id or a non-empty history")
     if len(frame) > limits.max_rows:
         raise RequestError(f"at most {limits.max_rows} rows per request, got {len(frame)}")
     rows = []
     task = options.task
     for n, rec in enumerate(frame.to_dict("records")):
         where = f"row {n}"
-        raw_user = _text(rec.get("user_id"))
+        raw_user = _user_id(rec.get("user_id"), where)
         user = ANONYMOUS
         if raw_user:
             if raw_user not in cat.user_idx:
                 raise RequestError(f"{where}: unknown user id {raw_user!r} (not among the {len(cat.user_idx)} users "
                                    f"of {cat.dataset})")
             user = cat.user_idx[raw_user]
-        try:
-            history_ids, item_ids = _ids(rec.get("history")), _ids(rec.get("items"))
-        except RequestError as exc:
-            raise RequestError(f"{where}: {exc}") from None
+        history_ids, item_ids = _ids(rec.get("history"), f"{where}: history"), _ids(rec.get("items"), f"{where}: items")
         if history_ids:
             history = np.asarray(_item_indices(history_ids, cat, f"{where}: history"), dtype=np.int64)
             seen = np.unique(history)
@@ -232,3 +283,24 @@ def parse_rows(frame: pd.DataFrame, cat: Catalogue, options: Options, limits: Se
                                    f"items left after excluding the {len(seen)} seen items")
         rows.append(Row(user=user, history=history, seen=seen, items=items))
     return rows
+
+
+def check_generation_cost(n_rows: int, limits: ServingParams) -> None:
+    """A text / infill request generates up to `max_new_tokens` per row: rows × max_new_tokens must stay within
+    `max_request_new_tokens`."""
+    cost = n_rows * limits.max_new_tokens
+    if cost > limits.max_request_new_tokens:
+        raise RequestError(f"request too large: {n_rows} rows x {limits.max_new_tokens} new tokens = {cost} tokens to "
+                           f"generate, over the cap registry.serving.max_request_new_tokens = "
+                           f"{limits.max_request_new_tokens}; send at most "
+                           f"{max(1, limits.max_request_new_tokens // limits.max_new_tokens)} rows per text request")
+
+
+def check_prompt_cost(n_prompts: int, tokens: int, limits: ServingParams, complete: bool) -> None:
+    """The prompts of a request (one per row; ctr / rating: one per requested item) must hold at most
+    `max_request_prompt_tokens` tokens in all. `complete` False: `tokens` counts only the prompts encoded so far."""
+    if tokens > limits.max_request_prompt_tokens:
+        raise RequestError(f"request too large: its {n_prompts} prompts hold {'' if complete else 'more than '}"
+                           f"{tokens} tokens, over the cap registry.serving.max_request_prompt_tokens = "
+                           f"{limits.max_request_prompt_tokens}; send fewer rows (ctr / rating / candidate_choice: "
+                           "fewer items per row)")

@@ -29,22 +29,44 @@ from components.utils import sha256_of  # noqa: E402
 
 FINGERPRINT_TAG = "unirec.fingerprint"
 HISTORY_TAG = "champion_history"
-"""Registered-model tag: JSON list of the versions that held the champion alias, oldest first."""
+"""Registered-model tag: JSON list of the versions that held the champion alias, oldest first — every move of the
+alias, so a version a rollback restored appears again and a rolled-back version stays listed."""
+EVENTS_TAG = "champion_events"
+"""Registered-model tag: JSON list of the champion alias's moves, oldest first: {"at": UTC ISO time, "event":
+promoted | rolled_back | adopted (the alias was found moved outside `unirec promote`), "version": the new
+champion, "from": the previous one or null}."""
 PREVIOUS_TAG = "previous_champion"
+"""Registered-model tag: the version `unirec promote --rollback` would restore ("" when there is none)."""
 
 
 class RegistryError(ValueError):
     """The registry is not in the state a command needs; the message says what to run."""
 
 
+def check_store(uri: str) -> None:
+    """A local SQLite tracking store that exists must be an SQLite file (else MLflow fails deep in SQLAlchemy)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            raise RegistryError(f"{path}: not an SQLite database, so not an MLflow tracking store (truncated or "
+                                "overwritten?): move it away to start a new store, or point mlflow.tracking_uri at "
+                                "the right one")
+
+
 def client_for(params: Params) -> MlflowClient:
     uri = params.tracking_uri()
+    check_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextlib.contextmanager
 def fluent_uri(params: Params) -> Iterator[None]:
     """Point MLflow's fluent API (log_model, register_model, load_model) at the project's store, then restore."""
+    check_store(params.tracking_uri())
     before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(params.tracking_uri())
     mlflow.set_registry_uri(params.tracking_uri())
@@ -121,9 +143,33 @@ def registered_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
+def champion_events(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """The champion alias's moves (`EVENTS_TAG`), oldest first. A registry written before events were recorded
+    has only `HISTORY_TAG`, then a stack of promotions: each entry becomes a `promoted` event without a time."""
+    tags = client.get_registered_model(name).tags
+    if tags.get(EVENTS_TAG):
+        return list(json.loads(tags[EVENTS_TAG]))
+    history = [str(v) for v in json.loads(tags[HISTORY_TAG])] if tags.get(HISTORY_TAG) else []
+    return [{"at": None, "event": "promoted", "version": v, "from": history[i - 1] if i else None}
+            for i, v in enumerate(history)]
+
+
+def champion_stack(events: Sequence[dict[str, Any]]) -> list[str]:
+    """The champions a rollback can return to, oldest first (the last is the current champion): the events
+    replayed, a promotion or adoption pushing its version, a rollback popping the version it demoted."""
+    stack: list[str] = []
+    for event in events:
+        if event["event"] == "rolled_back":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(str(event["version"]))
+    return stack
+
+
 def champion_history(client: MlflowClient, name: str) -> list[str]:
-    raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
-    return [str(v) for v in json.loads(raw)] if raw else []
+    """Every version that held the champion alias, in order (`HISTORY_TAG`)."""
+    return [str(e["version"]) for e in champion_events(client, name)]
 
 
 def find_version(client: MlflowClient, name: str, fingerprint: str) -> ModelVersion | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts import read_parquet
 from components.config import Params
 from components.tables import id_map_path, table_path
 from components.textualize.text import item_tables, user_tables
@@ -115,13 +116,13 @@ def read_inputs(params: Params) -> tuple[dict[str, pd.DataFrame], dict[str, pd.D
                        ("item_map", id_map_path(canonical, "items"))):
         if not path.is_file():
             raise TextualizeError(f"{path}: not found; run `unirec validate` first")
-        tables[name] = pd.read_parquet(path)
+        tables[name] = read_parquet(path, "validate")
     frames: dict[str, pd.DataFrame] = {}
     for name in SPLIT_FILES:
         path = Path(splits) / f"{name}.parquet"
         if not path.is_file():
             raise TextualizeError(f"{path}: not found; run `unirec split` first")
-        frames[name] = pd.read_parquet(path)
+        frames[name] = read_parquet(path, "split")
     return tables, frames
 
 

@@ -231,8 +231,12 @@ def load_registry(path: str | Path) -> Registry:
     data = path.read_bytes()
     try:
         raw = yaml.safe_load(data.decode("utf-8"))
-    except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RegistryError(f"{path}: not valid UTF-8 YAML ({problem}{where}): fix the file, or point "
+                            "textualize.registry at the prompt registry") from None
     if not isinstance(raw, dict) or set(raw) != {"version", "format", "phrases", "templates"}:
         raise RegistryError(f"{path}: expected top-level keys version, format, phrases, templates")
     if not isinstance(raw["templates"], list):

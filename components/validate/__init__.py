@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from components.artifacts import read_parquet
 from components.config import Params
 from components.ingest import load_interim
 from components.tables import COLUMNS, DERIVED_SOURCE, KEY_COLUMN, TABLES, id_map_path, table_path
@@ -197,7 +198,7 @@ def validate(params: Params) -> ValidationReport:
     interim = load_interim(interim_dir)
     outcomes = apply_rules(interim, cfg, now=now)
 
-    maps_raw = {e: pd.read_parquet(id_map_path(interim_dir, e)) for e in ("users", "items")}
+    maps_raw = {e: read_parquet(id_map_path(interim_dir, e), "ingest") for e in ("users", "items")}
     maps = {e: pd.Series(m["idx"].to_numpy(), index=m["raw_id"].astype(str).to_numpy()) for e, m in maps_raw.items()}
     canonical = {t: _with_index(outcomes[t].kept, t, maps) for t in TABLES}
     canonical_dir.mkdir(parents=True, exist_ok=True)

@@ -117,16 +117,21 @@ class Stack:
     """Holds the trained model (unirec/), its checkpoints (with the MLflow run id) and index (index/)."""
     run_id: str
 
-    def params(self, out: Path, **overrides: object) -> Params:
-        """Params of the tiny project logging to the server: the shared model and index, per-test outputs."""
-        return params_in(self.project, {
+    def overrides(self, out: Path, **overrides: object) -> dict[str, object]:
+        """The dotted overrides of `params` (what `--set` passes to the CLI), without the tiny-dataset ones
+        that `params_in` adds (`tests.conftest.TINY_OVERRIDES`, the prompt registry)."""
+        return {
             **TINY_MODEL, "mlflow.tracking_uri": self.server.url, "train.out_dir": str(self.shared / "unirec"),
             "train.checkpoint_dir": str(self.shared / "checkpoints"), "index.out_dir": str(self.shared / "index"),
             "select_gates.out_file": str(self.shared / "gates.json"),
             "select_gates.metrics_file": str(self.shared / "metrics" / "gates.json"),
             "paths.metrics_dir": str(out / "metrics"), "evaluate.metrics_file": str(out / "eval.json"),
             "registry.metrics_file": str(out / "registry.json"),
-            "registry.promotion_file": str(out / "promotion.json"), **overrides})
+            "registry.promotion_file": str(out / "promotion.json"), **overrides}
+
+    def params(self, out: Path, **overrides: object) -> Params:
+        """Params of the tiny project logging to the server: the shared model and index, per-test outputs."""
+        return params_in(self.project, self.overrides(out, **overrides))
 
 
 _STACK: list[Stack] = []

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.states import State
 from prefect.testing.utilities import prefect_test_harness
 
 from components.config import load_params
@@ -103,6 +105,16 @@ def _run(project: Path, **extra: Any) -> dict[str, str]:
     return {name: step["status"] for name, step in result["steps"].items()}
 
 
+def _run_state(project: Path, **extra: Any) -> tuple[dict[str, str], State]:
+    """The run's step statuses and its final state, as the Prefect API records it."""
+    state = unirec_pipeline(params_path=str(project / "params.yaml"), overrides={**OVERRIDES, **extra},
+                            skip=["fetch"], return_state=True)
+    with get_client(sync_client=True) as client:
+        recorded = client.read_flow_run(state.state_details.flow_run_id).state
+    assert recorded is not None and (recorded.type, recorded.name) == (state.type, state.name)
+    return {name: step["status"] for name, step in state.result()["steps"].items()}, recorded
+
+
 def _params(project: Path, **extra: Any):
     return load_params(project / "params.yaml", {**OVERRIDES, **extra})
 
@@ -123,8 +135,9 @@ def _snapshot(project: Path) -> dict[str, str]:
 
 
 def test_first_run_runs_every_step_and_leaves_a_champion(project: Path) -> None:
-    statuses = _run(project)
+    statuses, state = _run_state(project)
     assert statuses == {"fetch": "skipped", **{s: "ran" for s in STEPS}}
+    assert state.type == StateType.COMPLETED and state.name == "Completed"
     for step in STEPS:
         assert record_path(_params(project), step).is_file(), step
     client = _client(project)
@@ -149,9 +162,13 @@ def test_a_worse_param_reruns_only_train_and_its_dependents_and_the_gate_refuses
     plan = build_plan(_params(project))
     expected = {"train"} | downstream(plan, "train")
     assert expected == {"train", "select-gates", "index", "evaluate", "register", "promote"}
-    statuses = _run(project, **WORSE)
+    statuses, state = _run_state(project, **WORSE)
     assert {s for s, v in statuses.items() if v == "ran"} == expected, statuses
     assert {s for s, v in statuses.items() if v == "cached"} == set(STEPS) - expected
+    # a distinct final state: COMPLETED (the champion keeps serving) but named for the refusal, with the reason
+    assert state.type == StateType.COMPLETED and state.name == "Challenger refused"
+    assert state.message.startswith("challenger v2 refused by the promotion gate: next_item.ndcg@10 ")
+    assert state.message.endswith("; champion stays v1")
     client = _client(project)
     assert str(client.get_model_version_by_alias("unirec", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("unirec", "champion").version) == "1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from components.config import load_params
 from components.utils import sha256_of
 from components.indexing import ItemIndexError, build_item_index, load_item_index
 from components.registry import fetch_model_version, promote, register_model
+from components.registry.promotion import gate_override
 from components.registry.promotion_gate import decide, lower_is_better, regression
-from components.registry.store import RegistryError
+from components.registry.store import RegistryError, champion_events, champion_history, champion_stack
 from tests.flows.registry_stack import Stack, eval_figures, shared_stack
 from unirec.cli import app
 
@@ -47,6 +50,14 @@ def _register(stack: Stack, tmp: Path, name: str, figures: dict[str, float]):
     params = _params(stack, tmp, name)
     eval_figures(params.resolve(params.evaluate.metrics_file), stack.run_id, figures)
     return params, register_model(params)
+
+
+def _with_champion(stack: Stack, tmp: Path):
+    """A new registered model whose v1 (figures BASE) is the champion: (name, client, params)."""
+    name = f"unirec_{uuid.uuid4().hex[:8]}"
+    params, _ = _register(stack, tmp, name, BASE)
+    promote(params)
+    return name, MlflowClient(tracking_uri=stack.server.url, registry_uri=stack.server.url), params
 
 
 # ------------------------------------------------------------------------------------------ pure gate
@@ -126,10 +137,7 @@ def test_first_model_becomes_champion_with_provenance_and_reruns_are_idempotent(
 
 def test_better_is_promoted_worse_refused_and_rollback_restores_the_previous_champion(
         stack: Stack, tmp_path: Path) -> None:
-    name = f"unirec_{uuid.uuid4().hex[:8]}"
-    client = MlflowClient(tracking_uri=stack.server.url, registry_uri=stack.server.url)
-    params, _ = _register(stack, tmp_path, name, BASE)
-    promote(params)
+    name, client, params = _with_champion(stack, tmp_path)
     _, better = _register(stack, tmp_path, name, {**BASE, GATE: 0.12})
     won = promote(params)
     assert better.version == "2" and won.action == "promoted" and won.champion_before == "1"
@@ -149,19 +157,89 @@ def test_better_is_promoted_worse_refused_and_rollback_restores_the_previous_cha
     back = promote(params, rollback=True)
     assert back.action == "rolled_back" and (back.champion_before, back.champion_after) == ("2", "1")
     model = client.get_registered_model(name)
-    assert model.aliases["champion"] == "1" and json.loads(model.tags["champion_history"]) == ["1"]
+    # the FULL alias history: v2 stays listed after its rollback, v1 appears again; every move is an event
+    assert model.aliases["champion"] == "1" and json.loads(model.tags["champion_history"]) == ["1", "2", "1"]
+    events = json.loads(model.tags["champion_events"])
+    assert [(e["event"], e["version"], e["from"]) for e in events] == [
+        ("promoted", "1", None), ("promoted", "2", "1"), ("rolled_back", "1", "2")]
+    assert all(datetime.fromisoformat(e["at"]).tzinfo is not None for e in events)
+    assert events[0]["at"] <= events[1]["at"] <= events[2]["at"]
+    assert model.tags["previous_champion"] == ""
     assert client.get_model_version(name, "2").tags["promotion.decision"] == "rolled_back"
     with pytest.raises(RegistryError, match="no previous champion"):
         promote(params, rollback=True)
     _register(stack, tmp_path, name, {**BASE, GATE: 0.12})  # v2 again: identical model and figures
     assert promote(params).action == "refused"  # a rolled-back version is never re-promoted
     assert client.get_registered_model(name).aliases == {"challenger": "2", "champion": "1"}
+    assert json.loads(client.get_registered_model(name).tags["champion_history"]) == ["1", "2", "1"]
+
+
+def test_champion_stack_replays_the_events_and_reads_the_old_history_tag() -> None:
+    class Model:
+        def __init__(self, tags: dict[str, str]) -> None:
+            self.tags = tags
+
+    class Client:
+        def __init__(self, tags: dict[str, str]) -> None:
+            self.model = Model(tags)
+
+        def get_registered_model(self, name: str) -> Model:
+            return self.model
+
+    events = [{"at": "t1", "event": "promoted", "version": "1", "from": None},
+              {"at": "t2", "event": "promoted", "version": "2", "from": "1"},
+              {"at": "t3", "event": "rolled_back", "version": "1", "from": "2"},
+              {"at": "t4", "event": "adopted", "version": "5", "from": "1"},
+              {"at": "t5", "event": "promoted", "version": "6", "from": "5"}]
+    assert champion_stack(events) == ["1", "5", "6"]
+    client = Client({"champion_events": json.dumps(events)})
+    assert champion_history(client, "m") == ["1", "2", "1", "5", "6"]  # type: ignore[arg-type]
+    old = Client({"champion_history": '["1", "3"]'})  # written before the event log: a stack of promotions
+    assert [(e["event"], e["version"], e["from"]) for e in champion_events(old, "m")] == [  # type: ignore[arg-type]
+        ("promoted", "1", None), ("promoted", "3", "1")]
+    assert champion_stack(champion_events(old, "m")) == ["1", "3"]  # type: ignore[arg-type]
+
+
+def test_a_gate_override_is_recorded_on_the_version_and_strict_fails_on_a_refusal(
+        stack: Stack, tmp_path: Path) -> None:
+    name, client, params = _with_champion(stack, tmp_path)
+    _register(stack, tmp_path, name, {**BASE, GATE: 0.2, "rating.rmse": 1.3})  # v2: rmse 18 % worse: refused
+    args = ["promote", "--params", str(Path(params.root) / "params.yaml"),
+            *[a for k, v in _cli_sets(params, name).items() for a in ("--set", f"{k}={v}")]]
+    strict = CliRunner().invoke(app, [*args, "--strict"])  # refused → exit 1, one line, the refusal recorded
+    assert strict.exit_code == 1, strict.output
+    assert strict.stderr.strip().splitlines() == [
+        strict.stderr.strip()] and strict.stderr.startswith("unirec promote failed: challenger v2 refused by the "
+                                                            "promotion gate (--strict): tracked metrics regress")
+    assert "champion stays v1" in strict.stderr
+    assert client.get_model_version(name, "2").tags["promotion.decision"] == "refused"
+    assert json.loads(Path(params.registry.promotion_file).read_text())["action"] == "refused"
+
+    # the operator overrides the tolerance: promoted, and the override is on the version and in promotion.json
+    forced = CliRunner().invoke(app, [*args, "--strict", "--set", "registry.regression_tolerance=10"])
+    assert forced.exit_code == 0, forced.output
+    assert "GATE OVERRIDE" in forced.stdout and "registry.regression_tolerance 0.1 → 10.0" in forced.stdout
+    expected = {"registry.gate_margin": {"params_yaml": 0.001, "effective": 0.005},
+                "registry.regression_tolerance": {"params_yaml": 0.1, "effective": 10.0},
+                "registry.tracked_metrics": {"params_yaml": load_params(REPO / "params.yaml").registry.tracked_metrics,
+                                             "effective": TRACKED}}
+    tags = client.get_model_version(name, "2").tags
+    assert tags["promotion.decision"] == "promoted" and json.loads(tags["promotion.override"]) == expected
+    record = json.loads(Path(params.registry.promotion_file).read_text())
+    assert record["action"] == "promoted" and record["override"] == expected
+    assert client.get_registered_model(name).aliases["champion"] == "2"
+
+    # settings equal to the params file's are no override
+    plain = {"registry.model_name": name, "mlflow.tracking_uri": stack.server.url,
+             "registry.promotion_file": params.registry.promotion_file}
+    assert gate_override(load_params(Path(params.root) / "params.yaml", {**plain, "registry.gate_margin": 0.001})) == {}
+    same = promote(load_params(Path(params.root) / "params.yaml", plain))
+    assert same.action == "unchanged" and same.override == {}
+    assert json.loads(Path(params.registry.promotion_file).read_text())["override"] == {}
 
 
 def test_a_tracked_regression_refuses_a_challenger_that_passes_the_gate(stack: Stack, tmp_path: Path) -> None:
-    name = f"unirec_{uuid.uuid4().hex[:8]}"
-    params, _ = _register(stack, tmp_path, name, BASE)
-    promote(params)
+    name, _, params = _with_champion(stack, tmp_path)
     _register(stack, tmp_path, name, {**BASE, GATE: 0.2, "rating.rmse": 1.3})  # rmse 18 % worse
     decision = promote(params)
     assert decision.action == "refused" and decision.gate["failed"] == ["rating.rmse"]
