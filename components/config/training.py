@@ -109,6 +109,16 @@ class BenchmarkParams(_Strict):
     retrieval_template: str
     retrieval_warmup: int = Field(ge=0)
     retrieval_max_new_tokens: int = Field(ge=2)
+    index_items: int = Field(default=1_000_000, ge=1)
+    index_clusters: int = Field(default=2000, ge=1)
+    index_noise: float = Field(default=1.0, ge=0.0)
+    index_bias_std: float = Field(default=0.05, ge=0.0)
+    index_queries: int = Field(default=200, ge=1)
+    index_warmup: int = Field(default=10, ge=0)
+    index_kinds: list[str] = ["flat", "ivf", "hnsw"]
+    index_ivf_nlist: int = Field(default=1024, ge=1)
+    index_ivf_nprobe: int = Field(default=16, ge=1)
+    index_build_budget_s: float = Field(default=3600.0, gt=0.0)
 
 
 class SasrecParams(_Strict):
