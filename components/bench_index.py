@@ -3,8 +3,10 @@
 Builds every kind of `benchmark.index_kinds` with `components.model.index.FaissIndex` — the code the `index` step
 and serving use — over `benchmark.index_items` synthetic item vectors of the trained model's output width, and
 measures per kind: build time (IVF: k-means training + adding; HNSW: graph construction), the process's resident
-memory growth, recall@K against exact search and the latency of `CandidateIndex.topk` for ONE user (batch size 1,
-the user's M = `model.num_user_tokens` vectors, max over M; K = `benchmark.retrieval_k`) → p50 / p95.
+memory growth, and for each query-time setting (IVF nprobe, HNSW efSearch: `benchmark.index_ivf_nprobe`,
+`benchmark.index_hnsw_ef_search`) recall@K against exact search and the latency of `CandidateIndex.topk` for ONE
+user (batch size 1, the user's M = `model.num_user_tokens` vectors, max over M; K = `benchmark.retrieval_k`) →
+p50 / p95.
 
 **Width.** An output item vector is `[ v (model.retrieval_dim, unit) ; b (1 with model.item_bias) ; F (
 embed_items.neighbours.rank with the item-neighbourhood term, model.item_neighbours.window > 0) ]` and a user
@@ -45,7 +47,7 @@ from datetime import datetime, timezone
 import faiss
 import numpy as np
 
-from components.config import IndexParams, Params
+from components.config import BenchmarkParams, IndexParams, Params
 from components.model.index import FaissIndex
 
 __all__ = ["IndexBenchmark", "benchmark_index", "item_vector_width", "synthetic_items", "synthetic_users"]
@@ -59,12 +61,16 @@ class IndexBenchmark(dict):
 
     def summary(self) -> str:
         lines = [f"benchmark index: {self['n_items']:,} synthetic items x {self['dim']} dims, {self['queries']} users "
-                 f"(M = {self['m']}, K = {self['k']}, batch size 1), {self['threads']} threads"]
+                 f"(M = {self['m']}, K = {self['k']}, batch size 1), {self['threads']} build threads, "
+                 f"{self['query_threads']} query threads"]
         for kind, r in self["kinds"].items():
             built = "" if r["complete"] else \
                 f" (stopped at {r['n_indexed']:,} items, projected {r['projected_build_s']:.0f} s)"
-            lines.append(f"  {kind:<5} build {r['build_s']:8.1f} s{built}, +{r['rss_delta_gib']:.2f} GiB, "
-                         f"recall@{self['k']} {r['recall']:.4f}, p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms")
+            lines.append(f"  {kind:<5} build {r['build_s']:8.1f} s{built}, +{r['rss_delta_gib']:.2f} GiB")
+            for q in r["search"]:
+                knob = ", ".join(f"{key} {v}" for key, v in q.items() if key in ("ivf_nprobe", "hnsw_ef_search"))
+                lines.append(f"        {knob or 'exact':<20} recall@{self['k']} {q['recall']:.4f}, "
+                             f"p50 {q['p50_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms")
         return "\n".join(lines)
 
 
@@ -167,15 +173,23 @@ def _build(kind: str, items: np.ndarray, cfg: IndexParams, budget_s: float) -> t
     return result, record
 
 
-def _time_queries(index: FaissIndex, users: np.ndarray, k: int, warmup: int) -> tuple[np.ndarray, list[float]]:
-    """Answer each user alone (batch size 1); the first `warmup` untimed. Returns the ids `(U, k)` and the ms."""
+def _time_queries(index: FaissIndex, users: np.ndarray, k: int, warmup: int, threads: int
+                  ) -> tuple[np.ndarray, list[float]]:
+    """Answer each user alone (batch size 1) with `threads` faiss threads; the first `warmup` untimed. Returns the
+    ids `(U, k)` and the ms. (On a loaded 2-core machine a 2-thread OpenMP region waits for a second core: measured
+    at 100,000 items, IVF p50 0.4 ms with 1 thread against 0.3 or 8.0 ms with 2, run to run.)"""
+    build_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
     ids = np.empty((users.shape[0], k), dtype=np.int64)
     ms: list[float] = []
-    for u, q in enumerate(users):
-        start = time.perf_counter()
-        ids[u] = index.topk(q[None], k)[0][0]
-        if u >= warmup:
-            ms.append((time.perf_counter() - start) * 1e3)
+    try:
+        for u, q in enumerate(users):
+            start = time.perf_counter()
+            ids[u] = index.topk(q[None], k)[0][0]
+            if u >= warmup:
+                ms.append((time.perf_counter() - start) * 1e3)
+    finally:
+        faiss.omp_set_num_threads(build_threads)
     return ids[warmup:], ms
 
 
@@ -207,6 +221,39 @@ def _git_commit(root: object) -> str | None:
     return out.stdout.strip() or None
 
 
+def _search_settings(kind: str, cfg: BenchmarkParams) -> list[dict[str, int]]:
+    """The query-time knobs measured for `kind`: every IVF nprobe, every HNSW efSearch of the sweep."""
+    if kind == "ivf":
+        return [{"ivf_nprobe": v} for v in cfg.index_ivf_nprobe]
+    if kind == "hnsw":
+        return [{"hnsw_ef_search": v} for v in cfg.index_hnsw_ef_search]
+    return [{}]
+
+
+def neighbourhood_cosines(items: np.ndarray, parts: dict[str, int], seed: int, sample: int = 200) -> dict:
+    """Per block (content, neighbours): mean cosine of `sample` random items to their 10 nearest other items and to
+    a random item — how clustered the catalogue is (the same figures of a trained model: docs/experiments.md §7.3)."""
+    rng = np.random.default_rng([seed, 3])
+    rows = rng.choice(items.shape[0], size=min(sample, items.shape[0]), replace=False)
+    out: dict[str, dict[str, float]] = {}
+    begin = 0
+    for block in ("content", "bias", "neighbours"):
+        width = parts[block]
+        if block != "bias" and width:
+            x = items[:, begin:begin + width]
+            top = np.empty((len(rows), 10), dtype=np.float32)
+            rand = []
+            for i, r in enumerate(rows):
+                cos = (x @ x[r]) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(x[r]), 1e-12)
+                cos[r] = -np.inf
+                top[i] = np.partition(cos, len(cos) - 10)[-10:]
+                rand.append(float(cos[(r + 1 + rng.integers(len(cos) - 1)) % len(cos)]))
+            out[block] = {"nearest_10_mean": float(top.mean()), "nearest_10th_mean": float(top.min(axis=1).mean()),
+                          "random_pair_mean": float(np.mean(rand))}
+        begin += width
+    return out
+
+
 def benchmark_index(params: Params) -> IndexBenchmark:
     """Build and time every kind of `benchmark.index_kinds` over the synthetic catalogue → bench_index.json."""
     cfg = params.benchmark
@@ -223,41 +270,48 @@ def benchmark_index(params: Params) -> IndexBenchmark:
     users = synthetic_users(params, seed, cfg.index_warmup + cfg.index_queries)
     generated = time.perf_counter() - start
     parts = item_vector_width(params)
-    knobs = {"flat": IndexParams(**{**params.index.model_dump(), "kind": "flat"}),
-             "ivf": IndexParams(**{**params.index.model_dump(), "kind": "ivf", "ivf_nlist": cfg.index_ivf_nlist,
-                                   "ivf_nprobe": cfg.index_ivf_nprobe}),
-             "hnsw": IndexParams(**{**params.index.model_dump(), "kind": "hnsw"})}
+    build_knobs = {"flat": IndexParams(**{**params.index.model_dump(), "kind": "flat"}),
+                   "ivf": IndexParams(**{**params.index.model_dump(), "kind": "ivf", "ivf_nlist": cfg.index_ivf_nlist}),
+                   "hnsw": IndexParams(**{**params.index.model_dump(), "kind": "hnsw"})}
     result = IndexBenchmark(
         command="unirec benchmark index", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         git_commit=_git_commit(params.root), n_items=cfg.index_items, dim=int(items.shape[1]), dim_parts=parts,
         m=m, k=k, queries=cfg.index_queries, warmup=cfg.index_warmup, threads=faiss.omp_get_max_threads(),
+        query_threads=cfg.index_query_threads,
         faiss_version=faiss.__version__,
         synthetic={"clusters": cfg.index_clusters, "noise": cfg.index_noise, "bias_std": cfg.index_bias_std,
                    "items_per_cluster_mean": cfg.index_items / cfg.index_clusters,
                    "user_neighbour_block_weight": float(np.linalg.norm(users[0, 0, parts["content"] + parts["bias"]:]))
                    if parts["neighbours"] else None,
                    "how": "each item and each of a user's M vectors near one of `clusters` random unit topic centres "
-                          "per block (components/bench_index.py)", "seed": seed, "generate_s": generated},
+                          "per block (components/bench_index.py)", "seed": seed, "generate_s": generated,
+                   "cosines": neighbourhood_cosines(items, parts, seed)},
         build_budget_s=cfg.index_build_budget_s, machine_start=_machine(), kinds={})
     timed_users = users[cfg.index_warmup:]
     exact: np.ndarray | None = None
     for kind in ["flat", *[k_ for k_ in cfg.index_kinds if k_ != "flat"]]:
-        index, record = _build(kind, items, knobs[kind], math.inf if kind == "flat" else cfg.index_build_budget_s)
-        ids, ms = _time_queries(index, users, k, cfg.index_warmup)
-        if kind == "flat":
-            exact = ids
+        knobs = build_knobs[kind]
+        index, record = _build(kind, items, knobs, math.inf if kind == "flat" else cfg.index_build_budget_s)
+        record["knobs"] = knobs.model_dump(include={"ivf_nlist"} if kind == "ivf" else
+                                           {"hnsw_m", "hnsw_ef_construction"} if kind == "hnsw" else set())
+        # the reference: flat's own answers (exact); for a build its budget stopped, exact search over its items
         reference = exact if record["complete"] else _exact_topk(items[:record["n_indexed"]], timed_users, k)
-        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), reference.tolist())]))
-        record |= {"recall": recall, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-                   "mean_ms": float(np.mean(ms)), "fallback_queries": index.fallback_queries,
-                   "knobs": knobs[kind].model_dump(include={"ivf_nlist", "ivf_nprobe"} if kind == "ivf" else
-                                                   {"hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"}
-                                                   if kind == "hnsw" else set())}
+        record["search"] = []
+        for setting in _search_settings(kind, cfg):
+            index.set_search_params(knobs.model_copy(update=setting))
+            index.fallback_queries = 0
+            ids, ms = _time_queries(index, users, k, cfg.index_warmup, cfg.index_query_threads)
+            if kind == "flat":
+                exact = reference = ids
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), reference.tolist())]))
+            record["search"].append(setting | {
+                "recall": recall, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                "mean_ms": float(np.mean(ms)), "fallback_queries": index.fallback_queries})
+            log.info("%s %s: %s", kind, setting, record["search"][-1])
         if kind in cfg.index_kinds:
             result["kinds"][kind] = record
             result["machine_end"] = _machine()
             out_file.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        log.info("%s: %s", kind, {k_: v for k_, v in record.items() if k_ != "knobs"})
         del index
         gc.collect()
     if exact is not None:  # how concentrated the exact answers are: distinct topics among a user's top-K

@@ -117,7 +117,9 @@ class BenchmarkParams(_Strict):
     index_warmup: int = Field(default=10, ge=0)
     index_kinds: list[str] = ["flat", "ivf", "hnsw"]
     index_ivf_nlist: int = Field(default=1024, ge=1)
-    index_ivf_nprobe: int = Field(default=16, ge=1)
+    index_ivf_nprobe: list[int] = [1, 4, 16, 64]
+    index_hnsw_ef_search: list[int] = [16, 64, 128]
+    index_query_threads: int = Field(default=1, ge=1)
     index_build_budget_s: float = Field(default=3600.0, gt=0.0)
 
 
