@@ -74,9 +74,12 @@ STEPS: tuple[Step, ...] = (
          "(select_gates.grid), on seeded validation users and seen templates only → select_gates.out_file (read by "
          "evaluate, register and serving) and select_gates.metrics_file."),
     Step("baselines", "components.baselines:train_baselines",
-         "Train the expert baselines on the same split files (popularity, SASRec with early stopping on valid "
-         "NDCG@10, biased MF for rating, a logistic-regression CTR expert with feature crosses) → "
-         "models/baselines/ and metrics/baselines_train.json."),
+         "Fit the expert baselines on the train split and tune each on the VALIDATION split only (never test): "
+         "popularity, SASRec trained on every prefix (grid by successive halving) and RecBole's untuned SASRec, "
+         "item-kNN, BM25 and BM25 + SASRec for queries, a text-embedding centroid for cold-start, tuned biased MF, "
+         "an item-kNN regressor and a recency heuristic for rating, logistic regression and gradient-boosted "
+         "trees for CTR → models/baselines/ (weights, chosen.json) and metrics/baselines_train.json (grids, "
+         "chosen configurations, validation curves and figures)."),
     Step("index", "components.indexing:build_item_index",
          "Build the faiss index (index.kind: flat | ivf | hnsw) over the trained item vectors "
          "(<train.out_dir>/item_vectors.npy) → index.out_dir (items.faiss + meta.json with the vectors' sha256)."),
@@ -84,8 +87,9 @@ STEPS: tuple[Step, ...] = (
          "Evaluate the trained universal model on every task and prompt template (seen and unseen) on the test "
          "split, and the expert baselines on the same rows: full-ranking HR/NDCG/MRR with seen items excluded, "
          "candidate-list HR@1/NDCG@5, CTR AUC/GAUC/LogLoss, rating RMSE/MAE, text attribute-F1/ROUGE-L, prompt "
-         "sensitivity → metrics/eval.json, metrics/plots/, reports/eval.html, logged to MLflow. The only command "
-         "that reads the test split."),
+         "sensitivity, the model's ablations and a paired bootstrap interval for every model-vs-expert difference "
+         "(best expert chosen on validation) → metrics/eval.json, metrics/per_user/, metrics/plots/, "
+         "reports/eval.html, logged to MLflow. The only command that reads the test split."),
     Step("register", "components.registry:register_model",
          "Log the trained model (adapter, fusion/heads, item vectors, gates, faiss index, id maps, titles, "
          "histories, prompt registry) as an MLflow pyfunc into the training run with params, git commit, dvc.lock "

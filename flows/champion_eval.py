@@ -2,7 +2,7 @@
 run the same `evaluate` component on it (current splits and expert baselines), log the figures to
 MLflow experiment `<experiment>.champion-eval`, one run per evaluation, tagged with the version.
 
-Files go to `orchestration.champion_eval_dir` (model/, eval.json, eval.html, plots/); the pipeline's
+Files go to `orchestration.champion_eval_dir` (model/, eval.json, eval.html, plots/, per_user/); the pipeline's
 own metrics/eval.json is never touched. Nothing is cached: re-evaluating is the point.
 Run: `make champion-eval`, `unirec flow champion-eval`, or the `daily-champion-eval`
 deployment of prefect.yaml.
@@ -34,6 +34,7 @@ def eval_overrides(params: Params, model_dir: Path) -> dict[str, Any]:
             "train.checkpoint_dir": str(out / "checkpoints"),
             "paths.metrics_dir": str(out), "evaluate.metrics_file": str(out / "eval.json"),
             "evaluate.report_file": str(out / "eval.html"), "evaluate.plots_dir": str(out / "plots"),
+            "evaluate.per_user_dir": str(out / "per_user"),
             "mlflow.experiment": f"{params.experiment_name()}.champion-eval"}
 
 

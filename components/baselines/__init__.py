@@ -1,21 +1,25 @@
-"""Step `baselines`: expert models trained on the project's split files, for comparison with unirec.
+"""Step `baselines`: the expert models, fitted on the train split and tuned on the VALIDATION split only.
 
-* popularity (popularity.py) and SASRec (sasrec.py): next-item scorers with the common
-  `score_users(user_idx, histories) -> (U, N)` interface (`NextItemScorer`);
-* biased MF (mf.py): `predict(user_idx, item_idx) -> ratings`;
-* CTR expert, logistic regression on crosses (ctr.py): `predict_proba(user_idx, item_idx) -> p`.
+Experts (the names `unirec evaluate` reports them under are in `components/evaluation/experts.py`):
+* next-item ranking: `popularity` (popularity.py), `sasrec` — SASRec trained on every prefix, grid by successive
+  halving (sasrec_tuning.py), `sasrec_recbole` — RecBole's untuned defaults (sasrec.py), `item_knn` (knn.py);
+* query: `bm25`, `bm25_sasrec` (query.py); cold-start: `content` (content.py);
+* rating: `mf` (tuned biased MF, mf.py), `rating_knn`, `rating_recency` (rating.py);
+* CTR: `ctr` (logistic regression on crosses, ctr.py), `ctr_gbdt` (gradient-boosted trees, ctr_gbdt.py).
 
-`train_baselines(params)` trains all four, writes their weights to `baselines.out_dir` and
-per-model epochs / best epoch / validation curve / wall time / test figures to `baselines.metrics_file`.
-Test figures use full ranking over all items with the user's train (+ valid) items excluded and
-pessimistic ties (components/baselines/common.py).
+`train_baselines(params)` reads only the train and valid split files (inputs.py), writes the weights and the
+chosen configurations (`chosen.json`) to `baselines.out_dir` and, per expert, the grid with each configuration's
+validation figure, the chosen configuration, epochs, validation curve, wall time and validation figures to
+`baselines.metrics_file`. No test figure is computed here: `unirec evaluate` is the one reader of the test split.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,137 +28,178 @@ import pandas as pd
 import torch
 
 from components.baselines.common import TrainHistory
-from components.evaluation.ranking import (NextItemScorer, SplitData, evaluate_scorer, load_split_data,
-                                           next_item_task)
-from components.baselines.ctr import LogisticCrosses, ctr_metrics, fit_ctr, genre_matrix
-from components.baselines.mf import BiasedMF, fit_mf, rating_errors
+from components.baselines.content import cold_rows, tune_content
+from components.baselines.ctr import ctr_metrics, fit_ctr, genre_matrix
+from components.baselines.ctr_gbdt import auc_and_logloss, scoring_matrix, training_matrix, tune_gbdt
+from components.baselines.inputs import ExpertInputs, item_texts, load_inputs
+from components.baselines.knn import tune_item_knn
+from components.baselines.mf import rating_errors, tune_mf
 from components.baselines.popularity import Popularity
-from components.baselines.sasrec import SASRec, fit_sasrec
+from components.baselines.query import Bm25Index, QueryExperts, query_rows, tune_query
+from components.baselines.rating import RatingTable, errors_of, tune_rating_knn, tune_rating_recency
+from components.baselines.sasrec import fit_sasrec
+from components.baselines.sasrec_tuning import tune_sasrec
+from components.baselines.store import CHOSEN_FILE, load_baselines, save_torch
 from components.config import Params
+from components.evaluation.ranking import NextItemScorer, evaluate_scorer, next_item_task
 from components.split import load_split_frame
-from components.tables import table_path
 
-__all__ = ["BaselinesReport", "NextItemScorer", "Popularity", "SASRec", "BiasedMF", "LogisticCrosses",
-           "train_baselines", "load_baselines"]
+__all__ = ["BaselinesReport", "NextItemScorer", "train_baselines", "load_baselines"]
 
-RANKING = "full ranking over all items; user's train (+valid for test) items excluded; pessimistic ties"
-_STREAMS = {"sasrec": 0, "mf": 1, "ctr": 2}
+RANKING = "full ranking over all items; the user's train items excluded; pessimistic ties (validation split)"
+_STREAMS = {"sasrec_recbole": 0, "mf": 1, "ctr": 2, "sasrec": 3, "ctr_gbdt": 4}
 
 
 @dataclass
 class BaselinesReport:
-    """Per-model training record and held-out figures (the content of `baselines.metrics_file`)."""
+    """Per-expert tuning record and validation figures (the content of `baselines.metrics_file`)."""
 
     data: dict[str, Any]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"baselines on {self.data['dataset']}: {self.data['users']} users, {self.data['items']} items; "
-                 f"{self.data['ranking']}"]
+                 f"tuned on validation only; {self.data['ranking']}"]
         for name, rec in self.models.items():
-            train = (f"{rec['epochs']} epochs, best {rec['best_epoch']} ({rec['monitor']} {rec['best_value']:.4f}), "
-                     if "epochs" in rec else "")
-            figures = ", ".join(f"{k} {v:.4f}" for k, v in rec["test"].items() if isinstance(v, float))
-            lines.append(f"  {name}: {train}{rec['wall_s']:.1f}s; test {figures}")
+            chosen = f"chosen {rec['chosen']}; " if rec.get("chosen") else ""
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in rec["valid"].items() if isinstance(v, float))
+            lines.append(f"  {name}: {chosen}{rec['wall_s']:.1f}s; valid {figures}")
         return "\n".join(lines)
-
-
-def _record(history: TrainHistory | None, wall_s: float, **figures: dict[str, float]) -> dict[str, Any]:
-    rec: dict[str, Any] = asdict(history) if history is not None else {}
-    rec["wall_s"] = wall_s
-    rec.update(figures)
-    return rec
 
 
 def _seed(params: Params, model: str) -> int:
     return params.seed + params.baselines.seed_offset + _STREAMS[model]
 
 
-def train_popularity(data: SplitData, params: Params, out: Path) -> tuple[Popularity, dict[str, Any]]:
-    """Fit popularity on train counts; evaluate on valid and test."""
-    start = time.perf_counter()
-    model = Popularity.fit(data.train, data.n_items)
-    model.save(out / "popularity.npy")
-    ks, bs = params.baselines.report_ks, params.baselines.sasrec.eval_batch_size
-    figures = {s: evaluate_scorer(model, next_item_task(data, s), ks, bs) for s in ("valid", "test")}
-    return model, _record(None, time.perf_counter() - start, **figures)
+def _history(history: TrainHistory) -> dict[str, Any]:
+    return asdict(history)
 
 
-def train_sasrec(data: SplitData, params: Params, out: Path) -> tuple[SASRec, dict[str, Any]]:
-    """Fit SASRec with early stopping on valid NDCG@eval_k; evaluate the best epoch on valid and test."""
-    cfg, start = params.baselines.sasrec, time.perf_counter()
-    valid, test = next_item_task(data, "valid"), next_item_task(data, "test")
-    model, history = fit_sasrec(data.train_sequences(), data.n_items, valid, cfg, params.baselines.eval_k,
-                                _seed(params, "sasrec"))
-    torch.save(model.state_dict(), out / "sasrec.pt")
-    ks = params.baselines.report_ks
-    figures = {"valid": evaluate_scorer(model, valid, ks, cfg.eval_batch_size),
-               "test": evaluate_scorer(model, test, ks, cfg.eval_batch_size)}
-    return model, _record(history, time.perf_counter() - start, **figures)
+def _examples(params: Params, task: str) -> pd.DataFrame:
+    path = params.resolve(params.paths.examples_dir) / task / "valid.parquet"  # `unirec textualize`'s layout
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `unirec textualize` first")
+    return pd.read_parquet(path, columns=["user_idx", "target_items", "query"])
 
 
-def train_mf(data: SplitData, params: Params, out: Path) -> tuple[BiasedMF, dict[str, Any]]:
-    """Fit biased MF on rating_train, early-stop on rating_valid RMSE; evaluate on rating_test."""
-    splits, start = params.resolve(params.paths.splits_dir), time.perf_counter()
-    frames = {s: load_split_frame(splits, f"rating_{s}") for s in ("train", "valid", "test")}
-    rating_range = (params.validate_.rating_min, params.validate_.rating_max)
-    model, history = fit_mf(frames["train"], frames["valid"], data.n_users, data.n_items, params.baselines.mf,
-                            rating_range, _seed(params, "mf"))
-    torch.save(model.state_dict(), out / "mf.pt")
-    mean = float(frames["train"]["rating"].mean())
-    mean_rmse = float(np.sqrt(((frames["test"]["rating"] - mean) ** 2).mean())) if len(frames["test"]) else 0.0
-    figures = {"valid": rating_errors(model, frames["valid"]), "test": rating_errors(model, frames["test"]),
-               "reference": {"global_mean_test_rmse": mean_rmse}}
-    return model, _record(history, time.perf_counter() - start, **figures)
+class _Trainer:
+    """Fits the experts one by one into `records` / `chosen`; `done(name)` writes the partial report."""
 
+    def __init__(self, params: Params, inputs: ExpertInputs, out: Path, done: Callable[[], None]) -> None:
+        self.params, self.cfg, self.inputs, self.out, self.done = params, params.baselines, inputs, out, done
+        self.data, self.seqs = inputs.data, inputs.data.train_sequences()
+        self.valid = next_item_task(self.data, "valid")
+        self.splits = params.resolve(params.paths.splits_dir)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.chosen: dict[str, Any] = {}
+        self.start = time.perf_counter()
 
-def train_ctr(data: SplitData, params: Params, out: Path) -> tuple[LogisticCrosses, dict[str, Any]]:
-    """Fit the CTR expert on ctr_train, early-stop on ctr_valid AUC; evaluate on ctr_test."""
-    splits, start = params.resolve(params.paths.splits_dir), time.perf_counter()
-    frames = {s: load_split_frame(splits, f"ctr_{s}") for s in ("train", "valid", "test")}
-    items = pd.read_parquet(table_path(params.resolve(params.paths.canonical_dir), "items"))
-    genres, _ = genre_matrix(items, data.n_items)
-    counts = np.bincount(data.train["item_idx"].to_numpy(dtype=np.int64), minlength=data.n_items)
-    model, history = fit_ctr(frames["train"], frames["valid"], data.n_users, genres, counts, params.baselines.ctr,
-                             _seed(params, "ctr"))
-    torch.save(model.state_dict(), out / "ctr.pt")
-    figures = {"valid": ctr_metrics(model, frames["valid"]), "test": ctr_metrics(model, frames["test"])}
-    return model, _record(history, time.perf_counter() - start, **figures)
+    def record(self, name: str, rec: dict[str, Any], model: NextItemScorer | None = None) -> None:
+        if model is not None:
+            rec["valid"] = evaluate_scorer(model, self.valid, self.cfg.report_ks, self.cfg.sasrec.eval_batch_size)
+        self.records[name] = {**rec, "wall_s": time.perf_counter() - self.start}
+        self.start = time.perf_counter()
+        self.done()
+
+    def neighbourhoods(self) -> None:
+        pop = Popularity(self.inputs.counts)
+        pop.save(self.out / "popularity.npy")
+        self.record("popularity", {}, pop)
+        knn, self.chosen["item_knn"], rec = tune_item_knn(self.inputs.co, self.valid, self.cfg.item_knn,
+                                                          self.cfg.eval_k)
+        self.record("item_knn", rec, knn)
+
+    def content(self) -> None:
+        cold_items = load_split_frame(self.splits, "cold_items")["item_idx"].to_numpy(dtype=np.int64)
+        rows = cold_rows(_examples(self.params, "cold_start"), load_split_frame(self.splits, "cold"), cold_items,
+                         self.data.n_items, ("extra",))
+        _, self.chosen["content"], rec = tune_content(self.inputs.text, rows, self.seqs, self.cfg.content,
+                                                      self.cfg.eval_k, self.cfg.report_ks)
+        self.record("content", rec)
+
+    def rating(self) -> None:
+        data, rating_range = self.data, self.inputs.rating_range
+        frames = {s: load_split_frame(self.splits, f"rating_{s}") for s in ("train", "valid")}
+        mf, mf_cfg, rec = tune_mf(frames["train"], frames["valid"], data.n_users, data.n_items, self.cfg.mf,
+                                  rating_range, _seed(self.params, "mf"))
+        save_torch(mf, self.out / "mf.pt")
+        self.chosen["mf"] = mf_cfg.model_dump()
+        self.record("mf", {**rec, "valid": rating_errors(mf, frames["valid"])})
+        valid = frames["valid"]
+        users = valid["user_idx"].to_numpy()
+        rows = (users, valid["item_idx"].to_numpy(), [self.seqs[int(u)] for u in users])
+        for name, tune in (("rating_knn", tune_rating_knn), ("rating_recency", tune_rating_recency)):
+            sizes = (data.n_users, data.n_items) if name == "rating_knn" else (data.n_items,)
+            model, self.chosen[name], rec = tune(data.train, valid, self.seqs, self.inputs.ratings, *sizes,
+                                                 getattr(self.cfg, name), rating_range)
+            self.record(name, {**rec, "valid": errors_of(model.predict(*rows), valid)})
+
+    def ctr(self) -> None:
+        data, cfg = self.data, self.cfg
+        frames = {s: load_split_frame(self.splits, f"ctr_{s}") for s in ("train", "valid")}
+        genres, _ = genre_matrix(self.inputs.items, data.n_items)
+        ctr, history = fit_ctr(frames["train"], frames["valid"], data.n_users, genres, self.inputs.counts, cfg.ctr,
+                               _seed(self.params, "ctr"))
+        save_torch(ctr, self.out / "ctr.pt")
+        self.record("ctr", {**_history(history), "valid": ctr_metrics(ctr, frames["valid"])})
+        tables, recent, v = self.inputs.ctr_tables(), cfg.ctr_gbdt.recent_items, frames["valid"]
+        train_ratings = RatingTable([data.train], data.n_users, data.n_items).values  # training rows read train only
+        x, y = training_matrix(tables, frames["train"], self.seqs, train_ratings, recent)
+        x_valid = scoring_matrix(tables, self.inputs.ratings.values, recent, v["user_idx"].to_numpy(),
+                                 v["item_idx"].to_numpy(), dict(enumerate(self.seqs)))
+        gbdt, self.chosen["ctr_gbdt"], rec = tune_gbdt(x, y, x_valid, v["label"].to_numpy(), tables.categorical,
+                                                       cfg.ctr_gbdt, _seed(self.params, "ctr_gbdt"))
+        (self.out / "ctr_gbdt.pkl").write_bytes(pickle.dumps(gbdt))
+        self.record("ctr_gbdt", {**rec, "features": tables.names, "train_rows": int(len(y)),
+                                 "valid": auc_and_logloss(v["label"].to_numpy(), gbdt.predict_proba(x_valid)[:, 1])})
+
+    def sequential(self) -> None:
+        cfg, data, k = self.cfg, self.data, self.cfg.eval_k
+        sasrec, sasrec_cfg, rec = tune_sasrec(self.seqs, data.n_items, self.valid, cfg.sasrec, k,
+                                              _seed(self.params, "sasrec"))
+        save_torch(sasrec, self.out / "sasrec.pt")
+        self.chosen["sasrec"] = sasrec_cfg.model_dump()
+        self.record("sasrec", rec, sasrec)
+        texts = item_texts(self.params, self.inputs.items)
+        (self.out / "bm25_texts.json").write_text(json.dumps(texts, ensure_ascii=False) + "\n", encoding="utf-8")
+        query = QueryExperts(Bm25Index(texts, cfg.query), sasrec, cfg.query.weights[0], self.inputs.counts)
+        self.chosen["bm25_sasrec"], rec = tune_query(query, query_rows(_examples(self.params, "query")), self.seqs,
+                                                     cfg.query, k, cfg.report_ks)
+        self.record("bm25_sasrec", {**rec, "valid": rec["valid"]["bm25_sasrec"], "all_valid": rec.pop("valid")})
+        recbole, history = fit_sasrec(self.seqs, data.n_items, self.valid, cfg.sasrec_recbole, k,
+                                      _seed(self.params, "sasrec_recbole"))
+        save_torch(recbole, self.out / "sasrec_recbole.pt")
+        self.record("sasrec_recbole", _history(history), recbole)
 
 
 def train_baselines(params: Params) -> BaselinesReport:
-    """Train popularity, SASRec, MF and the CTR expert on the split files of `params`; write weights
-    under `baselines.out_dir` and the report JSON to `baselines.metrics_file`."""
+    """Fit and tune every expert on the train / valid split files of `params`; write weights, `chosen.json` and
+    the report JSON (`baselines.metrics_file`)."""
     cfg = params.baselines
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = params.resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_split_data(params)
+    start = time.perf_counter()
+    inputs = load_inputs(params)
+    data = inputs.data
     report = BaselinesReport(data={"dataset": params.dataset.name, "users": data.n_users, "items": data.n_items,
-                                   "train_interactions": len(data.train), "ranking": RANKING,
-                                   "seed": params.seed + cfg.seed_offset, "threads": torch.get_num_threads()})
-    for name, trainer in (("popularity", train_popularity), ("sasrec", train_sasrec), ("mf", train_mf),
-                          ("ctr", train_ctr)):
-        report.models[name] = trainer(data, params, out)[1]
+                                   "train_interactions": len(data.train), "ranking": RANKING, "splits_read":
+                                   ["train", "valid"], "seed": params.seed + cfg.seed_offset,
+                                   "threads": torch.get_num_threads()})
     path = params.resolve(cfg.metrics_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+    def write() -> None:  # after every expert: a stopped run shows what it did
+        report.data["wall_s"] = time.perf_counter() - start
+        path.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+
+    trainer = _Trainer(params, inputs, out, write)
+    report.models = trainer.records
+    for group in (trainer.neighbourhoods, trainer.content, trainer.rating, trainer.ctr, trainer.sequential):
+        group()
+    for rec in report.models.values():
+        rec.setdefault("chosen", None)
+    (out / CHOSEN_FILE).write_text(json.dumps(trainer.chosen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write()
     return report
-
-
-def load_baselines(params: Params) -> dict[str, Any]:
-    """The trained experts from `baselines.out_dir`: popularity, sasrec, mf, ctr (eval mode)."""
-    out, data = params.resolve(params.baselines.out_dir), load_split_data(params)
-    models: dict[str, Any] = {"popularity": Popularity.load(out / "popularity.npy")}
-    sasrec = SASRec(data.n_items, params.baselines.sasrec)
-    sasrec.load_state_dict(torch.load(out / "sasrec.pt"))
-    mf_state = torch.load(out / "mf.pt")
-    mf = BiasedMF(data.n_users, data.n_items, params.baselines.mf, 0.0, (0.0, 0.0))
-    mf.load_state_dict(mf_state)
-    ctr_state = torch.load(out / "ctr.pt")
-    ctr = LogisticCrosses(data.n_users, ctr_state["genres"].numpy(), ctr_state["buckets"].numpy(),
-                          ctr_state["pop_w.weight"].shape[0] - 1)
-    ctr.load_state_dict(ctr_state)
-    models.update(sasrec=sasrec.eval(), mf=mf.eval(), ctr=ctr.eval())
-    return models

@@ -1,4 +1,4 @@
-"""Shared pieces of the expert baselines' training: early stopping, minibatch epochs, seeding.
+"""Shared pieces of the expert baselines' training: early stopping, minibatch epochs, seeding, grids.
 
 Split loading and the ranking helpers the experts are validated with live in
 `components/evaluation/ranking.py` (shared with the model's warm-up and learning curve).
@@ -7,12 +7,15 @@ Split loading and the ranking helpers the experts are validated with live in
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -79,3 +82,22 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG (initialisation, dropout); return a generator for batch order."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def grid_points(grid: BaseModel) -> list[dict[str, Any]]:
+    """The Cartesian product of a grid section's lists, in field order (first field slowest)."""
+    names = list(type(grid).model_fields)
+    return [dict(zip(names, values)) for values in itertools.product(*(getattr(grid, n) for n in names))]
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A configuration as text, for the metrics file: `dim=16,l2=0.05`."""
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def best_config(scores: dict[str, float], higher_is_better: bool = True) -> str:
+    """The key with the best score; ties go to the earlier key (the grid's order)."""
+    if not scores:
+        raise ValueError("best_config: no scores")
+    sign = 1.0 if higher_is_better else -1.0
+    return max(scores, key=lambda k: (sign * scores[k], -list(scores).index(k)))

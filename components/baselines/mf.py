@@ -2,17 +2,23 @@
 
 Trained with Adam on the MSE of `rating_train.parquet` plus an L2 penalty on the biases and factors
 of each batch's users and items; early-stopped on the RMSE of `rating_valid.parquet`; predictions
-are clipped to the valid rating range (`validate.rating_min`..`rating_max`).
+are clipped to the valid rating range (`validate.rating_min`..`rating_max`). `tune_mf` trains every
+configuration of `baselines.mf.grid` (dim × l2 × lr) that way and keeps the lowest validation RMSE.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from components.baselines.common import TrainHistory, fit_early_stopping, minibatch_epoch, seed_everything
+from components.baselines.common import (TrainHistory, best_config, config_key, fit_early_stopping, grid_points,
+                                        minibatch_epoch, seed_everything)
+from components.baselines.rating import errors_of
 from components.config import MfParams
 
 
@@ -57,9 +63,7 @@ class BiasedMF(nn.Module):
 
 def rating_errors(model: BiasedMF, frame: pd.DataFrame) -> dict[str, float]:
     """RMSE and MAE of `model` on a frame with user_idx, item_idx, rating."""
-    pred = model.predict(frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy())
-    err = pred - frame["rating"].to_numpy(dtype=np.float32)
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "n": int(len(err))}
+    return errors_of(model.predict(frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()), frame)
 
 
 def fit_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int, cfg: MfParams,
@@ -86,3 +90,20 @@ def fit_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int,
     history = fit_early_stopping(model, train_epoch, validate, monitor="valid_rmse", higher_is_better=False,
                                  max_epochs=cfg.max_epochs, patience=cfg.patience)
     return model, history
+
+
+def tune_mf(train: pd.DataFrame, valid: pd.DataFrame, n_users: int, n_items: int, cfg: MfParams,
+            rating_range: tuple[float, float], seed: int) -> tuple[BiasedMF, MfParams, dict[str, Any]]:
+    """`fit_mf` for every grid point (`cfg.grid`; None = cfg alone) → the lowest validation RMSE, its configuration
+    and the report."""
+    fits: dict[str, tuple[BiasedMF, MfParams, TrainHistory]] = {}
+    for point in grid_points(cfg.grid) if cfg.grid is not None else [{}]:
+        point_cfg = cfg.model_copy(update={**point, "grid": None})
+        model, history = fit_mf(train, valid, n_users, n_items, point_cfg, rating_range, seed)
+        fits[config_key(point) or "default"] = (model, point_cfg, history)
+    chosen = best_config({k: h.best_value for k, (_, _, h) in fits.items()}, higher_is_better=False)
+    model, chosen_cfg, history = fits[chosen]
+    report = {"grid": {k: {"best_value": h.best_value, "best_epoch": h.best_epoch, "epochs": h.epochs,
+                           "wall_s": h.wall_s} for k, (_, _, h) in fits.items()},
+              "chosen": chosen, "chosen_config": chosen_cfg.model_dump(), **asdict(history)}
+    return model, chosen_cfg, report

@@ -1,4 +1,4 @@
-"""SASRec next-item expert in RecBole's configuration (post-LN BERT-style blocks, tied output, CE loss).
+"""SASRec next-item experts (RecBole's post-LN BERT-style blocks, tied output, cross-entropy over all items).
 
 Architecture (RecBole `SASRec` + `TransformerEncoder`): item embedding (row 0 = padding, item idx i
 → row i+1) + learned position embedding (position 0 = oldest item of the window, sequences are
@@ -6,11 +6,14 @@ left-aligned and right-padded as in RecBole) → LayerNorm → dropout → L × 
 self-attention → dense → dropout → LayerNorm(+residual); FFN (GELU) → dropout → LayerNorm(+residual)].
 The hidden state at a position is scored against every item embedding (tied output weights).
 
-Training: cross-entropy over all items at every position. RecBole trains on every prefix of every
-training sequence (each target once per epoch, with up to `max_len` items of context); here each
-user's train sequence is cut into windows of `max_len` inputs ending every `train_stride` targets,
-and every target is counted in exactly one window (with ≥ max_len − train_stride context items, or
-all earlier items when fewer) — the same targets and nearly the same contexts, 1/stride of the cost.
+Two ways to cut the training sequences into windows, both with the loss at the counted positions:
+* `training_windows` (expert `sasrec_recbole`, `baselines.sasrec_recbole.train_stride` = max_len): windows of
+  `max_len` inputs ending every `train_stride` targets from the END of each sequence; each target counted once,
+  with ≥ max_len − train_stride + 1 context items — non-overlapping windows, ~25 items of context on average;
+* `prefix_windows` (expert `sasrec`, components/baselines/sasrec_tuning.py): RecBole's every-prefix augmentation
+  (and SASRec+'s causal training) — the first window holds the first max_len targets, each with its whole
+  prefix as context; later targets come from windows of `max_len` items ending every `train_stride` targets,
+  so each sees ≥ max_len − train_stride + 1 items (stride 1: exactly every prefix, truncated to max_len).
 """
 
 from __future__ import annotations
@@ -143,6 +146,34 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int, stride: int
         return empty, empty.clone(), empty.bool()
     return (torch.as_tensor(np.stack(inputs)), torch.as_tensor(np.stack(targets)),
             torch.as_tensor(np.stack(masks)))
+
+
+def prefix_windows(sequences: Sequence[np.ndarray], max_len: int, stride: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every-prefix windows → inputs (W, max_len) idx+1, targets (W, max_len) idx, mask (W, max_len), lengths (W,).
+
+    Target t (index into a sequence, t ≥ 1) is counted once: for t ≤ max_len in the window seq[0:max_len] (its
+    whole prefix as context), else in the window of max_len inputs ending at the first end e ≥ t of
+    max_len + stride, max_len + 2·stride, … (the last end is the sequence's last target)."""
+    inputs, targets, masks, lengths = [], [], [], []
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64)
+        last = len(seq) - 1  # index of the last target
+        ends = [min(last, max_len)] + [min(e, last) for e in range(max_len + stride, last + stride, stride)]
+        done = 0  # targets 1..done are counted
+        for end in ends if last >= 1 else []:
+            start = max(0, end - max_len)  # inputs seq[start:end], targets seq[start+1:end+1]
+            n = end - start
+            inp, tgt, msk = np.zeros(max_len, np.int64), np.zeros(max_len, np.int64), np.zeros(max_len, bool)
+            inp[:n], tgt[:n] = seq[start:end] + 1, seq[start + 1:end + 1]
+            msk[done - start:n] = True
+            inputs.append(inp), targets.append(tgt), masks.append(msk), lengths.append(n)
+            done = end
+    if not inputs:
+        empty = torch.zeros(0, max_len, dtype=torch.long)
+        return empty, empty.clone(), empty.bool(), torch.zeros(0, dtype=torch.long)
+    return (torch.as_tensor(np.stack(inputs)), torch.as_tensor(np.stack(targets)), torch.as_tensor(np.stack(masks)),
+            torch.as_tensor(lengths, dtype=torch.long))
 
 
 def fit_sasrec(sequences: Sequence[np.ndarray], n_items: int, valid: NextItemTask, cfg: SasrecParams,

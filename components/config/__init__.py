@@ -5,8 +5,9 @@ and out-of-range values fail with the dotted key that is wrong. Paths stay relat
 `Params.resolve(path)` anchors them at the folder that holds the params file.
 
 One module per group of sections: `base` (task keys, the strict base model), `data` (fetch … textualize),
-`model` (backbone … LoRA), `training` (warm-up, gate, train, benchmark, baselines), `ops` (MLflow, evaluate,
-registry, orchestration) and `params` (the whole file and its parser). Import from `components.config`.
+`model` (backbone … LoRA), `training` (warm-up, gate, train, benchmark), `baselines` (the experts), `ops`
+(MLflow, evaluate, registry, orchestration) and `params` (the whole file and its parser). Import from
+`components.config`.
 """
 
 from components.config.base import (
@@ -43,14 +44,23 @@ from components.config.model import (
     TinyBackboneParams,
 )
 from components.config.training import (
-    BaselinesParams,
     BenchmarkParams,
     CollabWarmupParams,
-    CtrParams,
-    MfParams,
-    SasrecParams,
     SelectGatesParams,
     TrainParams,
+)
+from components.config.baselines import (
+    BaselinesParams,
+    ContentParams,
+    CtrGbdtParams,
+    CtrParams,
+    ItemKnnParams,
+    MfParams,
+    QueryParams,
+    RatingKnnParams,
+    RatingRecencyParams,
+    SasrecParams,
+    SasrecTunedParams,
 )
 from components.config.ops import (
     EvaluateParams,
@@ -71,6 +81,8 @@ __all__ = [
     "BenchmarkParams",
     "CollabParams",
     "CollabWarmupParams",
+    "ContentParams",
+    "CtrGbdtParams",
     "CtrParams",
     "DatasetParams",
     "EmbedItemsParams",
@@ -87,6 +99,7 @@ __all__ = [
     "HistoryEncoderParams",
     "IndexParams",
     "IngestParams",
+    "ItemKnnParams",
     "ItemNeighboursParams",
     "LoraParams",
     "MfParams",
@@ -97,9 +110,13 @@ __all__ = [
     "Params",
     "ParamsError",
     "PathsParams",
+    "QueryParams",
+    "RatingKnnParams",
+    "RatingRecencyParams",
     "RecboleFormat",
     "RegistryParams",
     "SasrecParams",
+    "SasrecTunedParams",
     "SelectGatesParams",
     "ServingParams",
     "SplitParams",

@@ -20,17 +20,23 @@ class EvaluateParams(_Strict):
     split: Literal["valid", "test"]
     users_per_task: dict[str, int | None]
     batch_size: int = Field(ge=1)
+    generation_batch_size: int = Field(ge=1)
     ks: list[int] = Field(min_length=1)
     top_k: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)
     autocast_bf16: bool | Literal["auto"]
     num_threads: int = Field(ge=0)
     seed_offset: int
+    shared_prefix: bool
+    bootstrap_resamples: int = Field(ge=1)
+    bootstrap_seed_offset: int
+    ablations: list[Literal["llm_off", "history_off", "neighbours_off", "id_modality_off"]]
 
     _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
     metrics_file: str
     report_file: str
     plots_dir: str
+    per_user_dir: str
 
     @field_validator("users_per_task")
     @classmethod

@@ -19,7 +19,8 @@ from components.config.data import (
 )
 from components.config.model import BackboneParams, EmbedItemsParams, IndexParams, LoraParams, ModelParams
 from components.config.ops import EvaluateParams, MlflowParams, OrchestrationParams, RegistryParams
-from components.config.training import BaselinesParams, BenchmarkParams, SelectGatesParams, TrainParams
+from components.config.baselines import BaselinesParams
+from components.config.training import BenchmarkParams, SelectGatesParams, TrainParams
 
 
 class Params(_Strict):

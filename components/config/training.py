@@ -1,10 +1,10 @@
-"""Sections of training and the experts: collaborative warm-up, LoRA training, gate selection, benchmark, baselines."""
+"""Sections of training: collaborative warm-up, LoRA training, gate selection, benchmark (the experts: baselines.py)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from components.config.base import GATED_TASKS, TASKS, _Strict
 from components.hardware import resolve_autocast, resolve_precision
@@ -109,75 +109,17 @@ class BenchmarkParams(_Strict):
     retrieval_template: str
     retrieval_warmup: int = Field(ge=0)
     retrieval_max_new_tokens: int = Field(ge=2)
-    index_items: int = Field(default=1_000_000, ge=1)
-    index_clusters: int = Field(default=10000, ge=1)
-    index_super_clusters: int = Field(default=100, ge=1)
-    index_topic_spread: float = Field(default=1.0, ge=0.0)
-    index_noise: float = Field(default=1.0, ge=0.0)
-    index_bias_std: float = Field(default=0.05, ge=0.0)
-    index_queries: int = Field(default=200, ge=1)
-    index_warmup: int = Field(default=10, ge=0)
-    index_kinds: list[str] = ["flat", "ivf", "hnsw"]
-    index_ivf_nlist: int = Field(default=1024, ge=1)
-    index_ivf_nprobe: list[int] = [1, 4, 16, 64]
-    index_hnsw_ef_search: list[int] = [16, 64, 128]
-    index_query_threads: int = Field(default=1, ge=1)
-    index_build_budget_s: float = Field(default=3600.0, gt=0.0)
-
-
-class SasrecParams(_Strict):
-    hidden_size: int = Field(ge=1)
-    num_layers: int = Field(ge=1)
-    num_heads: int = Field(ge=1)
-    inner_size: int = Field(ge=1)
-    hidden_dropout: float = Field(ge=0.0, lt=1.0)
-    attn_dropout: float = Field(ge=0.0, lt=1.0)
-    layer_norm_eps: float = Field(gt=0.0)
-    initializer_range: float = Field(gt=0.0)
-    max_len: int = Field(ge=1)
-    train_stride: int = Field(ge=1)
-    lr: float = Field(gt=0.0)
-    batch_size: int = Field(ge=1)
-    eval_batch_size: int = Field(ge=1)
-    max_epochs: int = Field(ge=1)
-    patience: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _shapes(self) -> "SasrecParams":
-        if self.hidden_size % self.num_heads:
-            raise ValueError("baselines.sasrec.hidden_size must be divisible by num_heads")
-        if self.train_stride > self.max_len:
-            raise ValueError("baselines.sasrec.train_stride must be <= max_len")
-        return self
-
-
-class MfParams(_Strict):
-    dim: int = Field(ge=1)
-    init_std: float = Field(gt=0.0)
-    lr: float = Field(gt=0.0)
-    l2: float = Field(ge=0.0)
-    batch_size: int = Field(ge=1)
-    max_epochs: int = Field(ge=1)
-    patience: int = Field(ge=1)
-
-
-class CtrParams(_Strict):
-    model: Literal["logistic_crosses"]
-    popularity_buckets: int = Field(ge=1)
-    lr: float = Field(gt=0.0)
-    l2: float = Field(ge=0.0)
-    batch_size: int = Field(ge=1)
-    max_epochs: int = Field(ge=1)
-    patience: int = Field(ge=1)
-
-
-class BaselinesParams(_Strict):
-    out_dir: str
-    metrics_file: str
-    seed_offset: int
-    num_threads: int = Field(ge=0)
-    eval_k: int = Field(ge=1)
-    report_ks: list[int] = Field(min_length=1)
-    sasrec: SasrecParams
-    mf: MfParams
-    ctr: CtrParams
+    index_items: int = Field(ge=1)
+    index_clusters: int = Field(ge=1)
+    index_super_clusters: int = Field(ge=1)
+    index_topic_spread: float = Field(ge=0.0)
+    index_noise: float = Field(ge=0.0)
+    index_bias_std: float = Field(ge=0.0)
+    index_queries: int = Field(ge=1)
+    index_warmup: int = Field(ge=0)
+    index_kinds: list[str]
+    index_ivf_nlist: int = Field(ge=1)
+    index_ivf_nprobe: list[int]
+    index_hnsw_ef_search: list[int]
+    index_query_threads: int = Field(ge=1)
+    index_build_budget_s: float = Field(gt=0.0)

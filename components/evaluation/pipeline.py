@@ -1,9 +1,12 @@
 """`evaluate(params)`: the orchestration of the evaluation step.
 
-Runs the trained universal model on every template of every task for a seeded subset of users
-(`evaluate.users_per_task`), runs the expert baselines on the same users and rows, and writes
-`evaluate.metrics_file` (eval.json), the plot CSVs under `evaluate.plots_dir` and the HTML report
-`evaluate.report_file`; figures and files are logged to MLflow (the training run when known).
+Runs the trained universal model on every template of every task for its users (`evaluate.users_per_task`;
+default all), its inference-time ablations (`evaluate.ablations`) on the seen-template rows, and the expert
+baselines on the same users and rows (and on the validation rows, to choose each task's best expert); then the
+paired bootstrap over users of every model-vs-expert and ablated-vs-full difference (scoreboard.py). Writes
+`evaluate.metrics_file` (eval.json), the per-user scores under `evaluate.per_user_dir`, the plot CSVs under
+`evaluate.plots_dir` and the HTML report `evaluate.report_file`; figures and files are logged to MLflow
+(the training run when known).
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ from components.evaluation.rows import EvalData, load_eval_data
 from components.evaluation.scoring import (MetricContext, by_kind, by_template, headline_metric, sensitivity,
                                            task_metrics)
 from components.evaluation.tracking import log_evaluation, open_run
-from components.evaluation.universal import predict_task
+from components.evaluation.scoreboard import best_experts, scoreboard, seen_rows
+from components.evaluation.universal import SET_OUT_TASKS, predict_views
+from components.model.ablations import FULL, SHARES_DECODER, ablation
 from components.model.inference import InferenceConfig, catalogue_vectors
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalReport", "evaluate", "build_payload"]
+
+ABLATED_TASKS = (*SET_OUT_TASKS, "ctr", "rating")
+"""Tasks the ablations are measured on (every set-out task, ctr, rating)."""
 
 BASELINE_FILES = ("popularity.npy", "sasrec.pt", "mf.pt", "ctr.pt")
 CONVENTIONS = {
@@ -49,6 +57,18 @@ CONVENTIONS = {
     "baselines": "template-free experts, each (user, target) scored once on the same users as the model; "
                  f"popularity on cold_start breaks its all-zero ties by a seeded U[0, {POP_JITTER}) jitter "
                  "(expected random-order rank, not the pessimistic worst); pop on ctr = AUC/GAUC of train counts",
+    "per_user": "a user's score = the mean over the user's rows of the headline metric's per-row term (NDCG@K: "
+                "1/log2(rank+1) within K, else 0; RMSE: the squared error; attribute F1 / ROUGE-L: the row's value); "
+                "the model's rows are its seen-template rows (every seen template x every target), an expert's its "
+                "template-free rows; the row-weighted mean over users (then sqrt for RMSE) is the pooled metric. "
+                "ctr (AUC) keeps each user's rows (labels, scores): AUC pools rows across users",
+    "comparisons": "paired bootstrap over users: the same resampled users (with replacement) for both sides, the "
+                   "metric recomputed on their rows; diff = model - expert on all users, ci95 = 2.5/97.5 % "
+                   "percentiles of the resampled diffs; verdict from the interval alone (above 0 = beats for a "
+                   "higher-is-better metric, = loses for rmse/mae/logloss; containing 0 = ties)",
+    "ablations": "the same loaded model with one part switched off at inference (components/model/ablations.py), "
+                 "on the seen-template rows; diff = ablated - full, paired bootstrap as for comparisons",
+    "best_expert": "per task, the expert with the best headline metric on the VALIDATION rows (never test)",
 }
 
 
@@ -70,6 +90,12 @@ class EvalReport:
             per = series(self.payload, task)
             cells = "".join(f"{per[n][metric]:>14.4f}" if metric in per.get(n, {}) else f"{'-':>14}" for n in names)
             lines.append(f"  {task:<17}{metric:<14}{cells}")
+        for task, per in self.payload.get("comparisons", {}).items():
+            best = self.payload.get("best_expert", {}).get(task)
+            if best in per:
+                rec = per[best]
+                lines.append(f"  {task}: unirec − {best} (best on validation) {rec['metric']} {rec['diff']:+.4f} "
+                             f"[{rec['ci95'][0]:+.4f}, {rec['ci95'][1]:+.4f}] {rec['verdict']}")
         lines += [f"  {k}: {v}" for k, v in self.files.items()]
         return "\n".join(lines)
 
@@ -114,8 +140,49 @@ def _check_inputs(params: Params) -> None:
         raise FileNotFoundError(f"{out}: missing baseline weights {missing}; run `unirec baselines` first")
 
 
+def _view_vectors(model, name: str) -> torch.Tensor:
+    """Output item vectors `(N, D)` of the model under view `name` (FULL or an ablation)."""
+    with ablation(model, name):
+        return catalogue_vectors(model)
+
+
+def run_model(built, data: EvalData, cfg: InferenceConfig, ablations: list[str]
+              ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]], dict[str, dict[str, float]]]:
+    """(model rows per task, the ablated model's seen-template rows `{variant: {task: rows}}` of the set-out tasks,
+    ctr and rating, seconds `{"model": {task: s}, "ablations": {task: s}}`). The ablations that act after the
+    decoder share the full model's pass (`predict_views`); the others run their own pass over the seen rows."""
+    model, tokenizer, spec = built.model, built.backbone.tokenizer, built.spec
+    shared = [a for a in ablations if SHARES_DECODER[a]]
+    vectors = {name: _view_vectors(model, name) for name in (FULL, *shared)}
+    rows, ablated, seconds = {}, {a: {} for a in ablations}, {"model": {}, "ablations": {}}
+    for task in (t for t in TASKS if t in data.frames):
+        views = {n: v for n, v in vectors.items() if n == FULL or task in ABLATED_TASKS}
+        t0 = time.perf_counter()
+        out = predict_views(model, tokenizer, spec, task, data, views, cfg)
+        rows[task] = out.pop(FULL)
+        seconds["model"][task] = time.perf_counter() - t0
+        log.info("evaluate %s: %d rows (+ %s) in %.1f s", task, len(rows[task]), list(out), seconds["model"][task])
+        for name, frame in out.items():
+            ablated[name][task] = seen_rows(frame)
+        if task not in ABLATED_TASKS:
+            continue
+        t0 = time.perf_counter()
+        for name in (a for a in ablations if not SHARES_DECODER[a]):
+            own = {name: _view_vectors(model, name)}
+            ablated[name][task] = predict_views(model, tokenizer, spec, task, data, own, cfg,
+                                                frame=seen_rows(data.frames[task]))[name]
+        seconds["ablations"][task] = time.perf_counter() - t0
+    return rows, ablated, seconds
+
+
+def _validation_data(params: Params) -> EvalData:
+    cfg = params.evaluate
+    return load_eval_data(params.model_copy(update={"evaluate": cfg.model_copy(update={"split": "valid"})}))
+
+
 def evaluate(params: Params) -> EvalReport:
-    """Evaluate the trained model and the experts; write eval.json, plot CSVs and the HTML report; log to MLflow."""
+    """Evaluate the trained model, its ablations and the experts; write eval.json, the per-user scores, plot CSVs
+    and the HTML report; log to MLflow."""
     from components.baselines import load_baselines
     from components.model.build import load_trained
 
@@ -131,34 +198,54 @@ def evaluate(params: Params) -> EvalReport:
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)
     inference = InferenceConfig(batch_size=cfg.batch_size, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                autocast_bf16=cfg.autocast_bf16)
-    item_vecs = catalogue_vectors(built.model)
-    model_rows, seconds = {}, {}
-    for task in (t for t in TASKS if t in data.frames):
-        t0 = time.perf_counter()
-        model_rows[task] = predict_task(built.model, built.backbone.tokenizer, built.spec, task, data, item_vecs,
-                                        inference)
-        seconds[task] = time.perf_counter() - t0
-        log.info("evaluate %s: %d rows in %.1f s", task, len(model_rows[task]), seconds[task])
+                                autocast_bf16=cfg.autocast_bf16, shared_prefix=cfg.shared_prefix,
+                                generation_batch_size=cfg.generation_batch_size)
+    model_rows, ablated, seconds = run_model(built, data, inference, list(cfg.ablations))
     t0 = time.perf_counter()
-    expert = expert_rows(load_baselines(params), data, cfg.top_k, params.seed + cfg.seed_offset)
+    experts = load_baselines(params)
+    seed = params.seed + cfg.seed_offset
+    expert = expert_rows(experts, data, cfg.top_k, seed)
+    best, valid_figures = best_experts(expert_rows(experts, _validation_data(params), cfg.top_k, seed), ctx)
     baseline_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    comparisons, ablations, per_user = scoreboard(model_rows, expert, ablated, ctx, cfg.bootstrap_resamples,
+                                                  params.seed + cfg.bootstrap_seed_offset)
+    bootstrap_s = time.perf_counter() - t0
     client, run_id, created = open_run(params)
     meta = {"model_dir": str(params.train.out_dir), "baselines_dir": str(params.baselines.out_dir),
-            "mlflow_run_id": run_id, "seed": params.seed + cfg.seed_offset,
-            "inference": {"batch_size": cfg.batch_size, "autocast_bf16": cfg.autocast_bf16,
-                          "max_new_tokens": cfg.max_new_tokens, "threads": torch.get_num_threads(),
+            "mlflow_run_id": run_id, "seed": seed,
+            "inference": {"batch_size": cfg.batch_size, "generation_batch_size": cfg.generation_batch_size,
+                          "autocast_bf16": cfg.autocast_bf16,
+                          "shared_prefix": cfg.shared_prefix, "max_new_tokens": cfg.max_new_tokens,
+                          "threads": torch.get_num_threads(),
                           "generation": "greedy after [LM], batched (left padding), float32"},
-            "wall_seconds": {"load": loaded - start, "model": seconds, "baselines": baseline_s}}
+            "bootstrap": {"resamples": cfg.bootstrap_resamples, "seed": params.seed + cfg.bootstrap_seed_offset},
+            "wall_seconds": {"load": loaded - start, **seconds, "baselines": baseline_s, "bootstrap": bootstrap_s}}
     payload = build_payload(params.dataset.name, data, model_rows, expert, ctx, meta)
+    payload.update(comparisons=comparisons, ablations=ablations, best_expert=best, best_expert_valid=valid_figures)
+    per_user_dir = params.resolve(cfg.per_user_dir)
+    per_user_dir.mkdir(parents=True, exist_ok=True)
+    for task, frame in per_user.items():
+        frame.to_parquet(per_user_dir / f"{task}.parquet", index=False)
     payload["meta"]["wall_seconds"]["total"] = time.perf_counter() - start
     metrics_file, report_file = params.resolve(cfg.metrics_file), params.resolve(cfg.report_file)
     for path in (metrics_file, report_file):
         path.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plots = write_plots(payload, params.resolve(cfg.plots_dir), cfg.top_k)
-    report_file.write_text(render_html(payload, cfg.top_k), encoding="utf-8")
+    report_file.write_text(render_html(payload, cfg.top_k, _validation_curves(params)), encoding="utf-8")
     n_logged = log_evaluation(client, run_id, created, payload, [metrics_file, report_file])
     log.info("logged %d metrics to MLflow run %s", n_logged, run_id)
-    files = {"metrics": str(metrics_file), "report": str(report_file), **{k: str(v) for k, v in plots.items()}}
+    files = {"metrics": str(metrics_file), "report": str(report_file), "per_user": str(per_user_dir),
+             **{k: str(v) for k, v in plots.items()}}
     return EvalReport(payload=payload, files=files, mlflow_run_id=run_id)
+
+
+def _validation_curves(params: Params) -> dict[str, Any] | None:
+    """The experts' training records (`baselines.metrics_file`: validation curves), when present."""
+    path = params.resolve(params.baselines.metrics_file)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; the report shows no validation curves", path)
+        return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import TASKS
+from components.evaluation.report_scoreboard import scoreboard_sections
 from components.evaluation.scoring import LOWER_IS_BETTER, headline_metric
 
 SERIES_COLOURS = {"unirec": "#2563eb", "unirec_unseen": "#93c5fd", "pop": "#9ca3af", "sasrec": "#f59e0b",
@@ -135,8 +136,9 @@ def _meta_section(meta: dict[str, Any]) -> str:
             f"<ul>{conventions}</ul>")
 
 
-def render_html(payload: dict[str, Any], top_k: int) -> str:
-    """The whole report as one HTML string (inline CSS + SVG, nothing external)."""
+def render_html(payload: dict[str, Any], top_k: int, curves: dict[str, Any] | None = None) -> str:
+    """The whole report as one HTML string (inline CSS + SVG, nothing external); `curves`: the experts' training
+    record (`baselines.metrics_file`) for their validation curves."""
     meta = payload["meta"]
     charts, tables = [], []
     for task in _tasks(payload):
@@ -151,6 +153,7 @@ def render_html(payload: dict[str, Any], top_k: int) -> str:
             f"<p class=\"muted\">unirec = universal model pooled over the seen prompt templates; unirec_unseen = "
             f"pooled over the held-out templates; pop, sasrec, mf, ctr_expert = expert baselines on the same users "
             f"and rows. {html.escape(meta['conventions'].get('ranking', ''))}</p>"
+            f"{scoreboard_sections(payload, top_k, curves)}"
             f"<h2>Headline metric per task</h2><div class=\"grid\">{''.join(charts)}</div>"
             f"<h2>Model vs baselines, every metric</h2>{''.join(tables)}"
             f"<h2>Prompt sensitivity (headline metric per template)</h2>{_sensitivity_table(payload)}"

@@ -2,7 +2,8 @@
 
 Metric names are MLflow-legal (`@` is not allowed): ``eval.<task>.<metric>`` (seen templates),
 ``eval_unseen.<task>.<metric>``, ``eval_baseline.<expert>.<task>.<metric>`` and
-``eval_sensitivity.<task>.<mean|std|min|max>``, with ``@k`` written ``_at_k`` and ``/`` as ``.``
+``eval_sensitivity.<task>.<mean|std|min|max>``, ``cmp.<task>.<expert>.<diff|ci_lo|ci_hi|model|expert>`` (model vs
+expert, paired bootstrap) and ``abl.<variant>.<task>.<diff|ci_lo|ci_hi|full|ablated>`` (ablations), with ``@k`` written ``_at_k`` and ``/`` as ``.``
 (``like/ndcg@10`` → ``like.ndcg_at_10``). eval.json and eval.html are logged as artifacts.
 """
 
@@ -51,7 +52,20 @@ def flatten_metrics(payload: dict[str, Any]) -> dict[str, float]:
             put(("eval_baseline", expert, task), metrics)
     for task, table in payload["prompt_sensitivity"].items():
         put(("eval_sensitivity", task), {k: table[k] for k in ("mean", "std", "min", "max") if k in table})
+    for task, per_expert in payload.get("comparisons", {}).items():
+        for expert, rec in per_expert.items():
+            put(("cmp", task, expert), _interval(rec))
+    for variant, per_task in payload.get("ablations", {}).items():
+        for task, rec in per_task.items():
+            put(("abl", variant, task), _interval(rec))
     return out
+
+
+def _interval(rec: dict[str, Any]) -> dict[str, Any]:
+    """A comparison / ablation record as metrics: diff, ci_lo, ci_hi (and its two sides' figures)."""
+    lo, hi = rec["ci95"]
+    sides = {k: rec[k] for k in ("model", "expert", "full", "ablated") if k in rec}
+    return {"diff": rec["diff"], "ci_lo": lo, "ci_hi": hi, **sides}
 
 
 def training_run_id(params: Params, client: MlflowClient) -> str | None:

@@ -134,6 +134,7 @@ class SetQueryHead(_Projection):
             nn.init.zeros_(self.bias_scale.weight)
             nn.init.zeros_(self.bias_scale.bias)
         self.history_reader = history_reader
+        self.history_on = True  # False: `forward` ignores `history` (the `history_off` ablation, ablations.py)
         width = history_reader.out_dim if history_reader is not None else 0
         self.history_standardise = RunningStandardise(width, momentum) if history_reader is not None else None
         self.history_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(),
@@ -160,6 +161,8 @@ class SetQueryHead(_Projection):
         if (history is None) != (self.history_mlp is None):
             raise ValueError("SetQueryHead: pass `history` exactly when the head has a history path")
         history, tail = self._split(history)
+        if not self.history_on:  # the `history_off` ablation (ablations.py): the hidden-state path alone
+            history, tail = None, (None if tail is None else torch.zeros_like(tail))
         offset = None if history is None else self.history_mlp(self.history_standardise(history))
         out = super().forward(hidden, offset, gate)
         return out if tail is None else torch.cat([out, tail.to(out.dtype)], dim=-1)

@@ -54,6 +54,10 @@ class InferenceConfig:
     top_k: int
     max_new_tokens: int
     autocast_bf16: bool
+    shared_prefix: bool = False
+    """Decode the common prompt prefix of a user's rows of one template once (components/model/prefix.py)."""
+    generation_batch_size: int = 0
+    """Prompts per batch of greedy generation (0 = `batch_size`)."""
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -83,14 +87,14 @@ def token_buckets(lengths: Sequence[int], max_tokens: int, max_items: int) -> li
     return out
 
 
-def _autocast(enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def decoder_states(model: UniversalRecModel, batch: Batch, cfg: InferenceConfig) -> torch.Tensor:
     """Decoder states `(B, T, H)` (under bf16 autocast when enabled), returned as float32: the heads,
     verbaliser logits and scores that follow run in float32, outside autocast."""
-    with _autocast(cfg.autocast_bf16):
+    with autocast(cfg.autocast_bf16):
         hidden = model.hidden_states(batch)
     return hidden.float()
 

@@ -54,6 +54,7 @@ class UniversalRecModel(nn.Module):
         self.history_window = history_window
         self.verbaliser_prior = verbaliser_prior
         self.rating_estimator = rating_estimator
+        self.answer_parts = frozenset({"lm", "prior"})  # what answer_logits adds up (ablations.py switches it)
         for task, ids in verbaliser_ids.items():
             self.register_buffer(f"verbaliser_{task}", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.register_buffer("item_log_prob", item_log_prob.float(), persistent=False)  # (N,)
@@ -199,11 +200,14 @@ class UniversalRecModel(nn.Module):
 
     def answer_logits(self, hidden: Tensor, batch: Batch, task: str, rows: Tensor, fused: Tensor | None = None) -> Tensor:
         """`(A, K)` verbaliser logits for the answer slots `rows` (indices into batch.answer_*), plus the
-        collaborative prior when the model has one (rating with a `RatingEstimator`: read from r̂ − μ)."""
+        collaborative prior when the model has one (rating with a `RatingEstimator`: read from r̂ − μ).
+        `answer_parts` names the parts added up ("lm", "prior"; both unless an ablation switched one off)."""
         h = hidden[batch.answer_rows[rows], batch.answer_cols[rows]]
         head = self.lm_head()
         logits = verbaliser_logits(h, head.weight, self.verbaliser(task), getattr(head, "bias", None))
-        if self.verbaliser_prior is None:
+        if "lm" not in self.answer_parts:  # the `llm_off` ablation: the prior alone
+            logits = torch.zeros_like(logits)
+        if self.verbaliser_prior is None or "prior" not in self.answer_parts:
             return logits
         if task == "rating" and self.rating_estimator is not None:
             signal = self.rating_scores(batch, rows, fused) - self.rating_estimator.mean.detach()

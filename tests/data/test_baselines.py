@@ -1,9 +1,8 @@
 """Expert baselines: pure pieces (ranking metric, SASRec windows, early stopping, buckets), then each expert
-trained briefly on the tiny RecBole fixture (ingest → validate → split)."""
+trained briefly on the tiny RecBole fixture (ingest → validate → split). The whole step (`train_baselines`, which
+also reads the examples and the text embeddings) is tested in tests/model/test_experts.py."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from components.baselines import load_baselines, train_baselines
 from components.baselines.common import fit_early_stopping
 from components.evaluation.ranking import (evaluate_scorer, load_split_data, next_item_task, rank_metrics,
                                            rank_of_targets)
@@ -25,8 +23,9 @@ from components.split import split
 from components.tables import table_path
 from components.validate import validate
 
-FAST = {"baselines.sasrec.max_epochs": 4, "baselines.sasrec.batch_size": 16, "baselines.sasrec.hidden_size": 16,
-        "baselines.sasrec.inner_size": 32, "baselines.sasrec.max_len": 10, "baselines.sasrec.train_stride": 5,
+FAST = {"baselines.sasrec_recbole.max_epochs": 4, "baselines.sasrec_recbole.batch_size": 16,
+        "baselines.sasrec_recbole.hidden_size": 16, "baselines.sasrec_recbole.inner_size": 32,
+        "baselines.sasrec_recbole.max_len": 10, "baselines.sasrec_recbole.train_stride": 5,
         "baselines.mf.max_epochs": 30, "baselines.mf.batch_size": 64, "baselines.ctr.max_epochs": 30,
         "baselines.ctr.batch_size": 256}
 
@@ -140,7 +139,7 @@ def test_popularity_ranks_by_train_count(tiny: Params) -> None:
 
 def test_sasrec_trains_scores_and_handles_short_histories(tiny: Params) -> None:
     data = load_split_data(tiny)
-    cfg = tiny.baselines.sasrec
+    cfg = tiny.baselines.sasrec_recbole
     model, hist = fit_sasrec(data.train_sequences(), data.n_items, next_item_task(data, "valid"), cfg, 10, seed=1)
     assert hist.train_loss[-1] < hist.train_loss[0]
     assert len(hist.curve) == hist.epochs and 1 <= hist.best_epoch <= hist.epochs
@@ -155,7 +154,7 @@ def test_sasrec_trains_scores_and_handles_short_histories(tiny: Params) -> None:
 
 def test_sasrec_is_deterministic_and_early_stopping_restores_best(tiny: Params) -> None:
     data = load_split_data(tiny)
-    cfg = tiny.baselines.sasrec.model_copy(update={"max_epochs": 30, "patience": 2})
+    cfg = tiny.baselines.sasrec_recbole.model_copy(update={"max_epochs": 30, "patience": 2})
     valid = next_item_task(data, "valid")
     runs = [fit_sasrec(data.train_sequences(), data.n_items, valid, cfg, 10, seed=3) for _ in range(2)]
     (m1, h1), (m2, h2) = runs
@@ -190,22 +189,3 @@ def test_ctr_expert_learns(tiny: Params) -> None:
     p = model.predict_proba(valid["user_idx"].to_numpy(), valid["item_idx"].to_numpy())
     assert p.shape == (len(valid),) and ((p > 0) & (p < 1)).all()
     assert hist.curve[hist.best_epoch - 1] == pytest.approx(ctr_metrics(model, valid)["auc"])
-
-
-def test_train_baselines_writes_weights_and_report(tiny: Params) -> None:
-    report = train_baselines(tiny)
-    out = tiny.resolve(tiny.baselines.out_dir)
-    assert {p.name for p in out.iterdir()} >= {"popularity.npy", "sasrec.pt", "mf.pt", "ctr.pt"}
-    saved = json.loads(tiny.resolve(tiny.baselines.metrics_file).read_text())
-    assert set(saved["models"]) == {"popularity", "sasrec", "mf", "ctr"}
-    for name in ("sasrec", "mf", "ctr"):
-        rec = saved["models"][name]
-        assert len(rec["curve"]) == rec["epochs"] and 1 <= rec["best_epoch"] <= rec["epochs"] and rec["wall_s"] > 0
-    assert "hr@10" in saved["models"]["sasrec"]["test"] and "rmse" in saved["models"]["mf"]["test"]
-    assert "sasrec" in report.summary()
-    models = load_baselines(tiny)
-    test = next_item_task(load_split_data(tiny), "test")
-    again = evaluate_scorer(models["sasrec"], test, tiny.baselines.report_ks, 64)
-    assert again == pytest.approx(saved["models"]["sasrec"]["test"])
-    ctr_test = _splits(tiny, "ctr_test")
-    assert ctr_metrics(models["ctr"], ctr_test)["auc"] == pytest.approx(saved["models"]["ctr"]["test"]["auc"])

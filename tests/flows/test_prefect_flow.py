@@ -35,7 +35,7 @@ from flows.pipeline import PipelineFailed, unirec_pipeline
 from flows.plan import ORDER, build_plan, downstream
 from tests.conftest import REPO, TINY, TINY_OVERRIDES
 from tests.model.conftest import TINY_MODEL
-from tests.model.test_evaluate import FAST_EXPERTS, USERS
+from tests.model.conftest import FAST_EXPERTS, USERS
 
 OVERRIDES: dict[str, Any] = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
                              **TINY_MODEL, **FAST_EXPERTS, "evaluate.users_per_task": USERS,

@@ -1,10 +1,9 @@
 """`unirec evaluate`: pure helpers against hand-computed values, then one tiny trained model and tiny experts
-evaluated end to end (schema, ranges, templates, seen/unseen, agreement with the experts' own test figures,
+evaluated end to end (schema, ranges, templates, seen/unseen, agreement with the shared ranking helpers,
 determinism, self-contained HTML, MLflow) and a clear error without a model."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -17,12 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from components.baselines import train_baselines
+from components.baselines import load_baselines, train_baselines
+from components.baselines.mf import rating_errors
 from components.config import TASKS, Params
 from components.evaluation import evaluate
-from components.evaluation.pipeline import EvalReport, build_payload
+from components.evaluation.pipeline import build_payload
 from components.evaluation.report import render_html
-from components.evaluation.experts import template_free
+from components.evaluation.experts import EXPERT_NAMES, template_free
+from components.evaluation.ranking import evaluate_scorer, load_split_data, next_item_task
 from components.evaluation.rows import EvalData, parse_spans, rank_rows, sample_users, span_matches
 from components.evaluation.scoring import MetricContext, by_kind, by_template, sensitivity, task_metrics
 from components.evaluation.tracking import flatten_metrics, metric_name
@@ -31,18 +32,11 @@ from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.data import load_examples
 from components.model.prompting import encode_example
-from components.select_gates import select_gates
-from components.train import train
-from tests.conftest import params_in
-from tests.model.conftest import TINY_MODEL
+from components.split import load_split_frame
+from tests.model.conftest import eval_params, inside
 from unirec.cli import app
 
 SET_OUT = ("next_item", "multi_objective", "query", "cold_start", "long_tail")
-FAST_EXPERTS = {"baselines.sasrec.max_epochs": 3, "baselines.sasrec.batch_size": 16, "baselines.sasrec.hidden_size": 16,
-                "baselines.sasrec.inner_size": 32, "baselines.sasrec.max_len": 10, "baselines.sasrec.train_stride": 5,
-                "baselines.mf.max_epochs": 10, "baselines.mf.batch_size": 64, "baselines.ctr.max_epochs": 10,
-                "baselines.ctr.batch_size": 256}
-USERS = {t: 3 for t in TASKS} | {"next_item": None, "rating": None, "ctr": 4}  # all users: compare with the experts
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -146,40 +140,6 @@ def test_metric_names_are_mlflow_legal() -> None:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-@contextlib.contextmanager
-def _inside(folder: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow's default artifact root (./mlruns) lands in the test folder
-        yield
-
-
-def _params(project: Path, out: Path, **extra: object) -> Params:
-    return params_in(project, {**TINY_MODEL, **FAST_EXPERTS, "train.out_dir": str(out / "unirec"),
-                               "train.checkpoint_dir": str(out / "checkpoints"),
-                               "paths.metrics_dir": str(out / "metrics"),
-                               "select_gates.out_file": str(out / "gates.json"),
-                               "select_gates.metrics_file": str(out / "metrics" / "gates.json"),
-                               "mlflow.tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
-                               "baselines.out_dir": str(out / "baselines"),
-                               "baselines.metrics_file": str(out / "metrics" / "baselines_train.json"),
-                               "evaluate.users_per_task": USERS, "evaluate.batch_size": 8,
-                               "evaluate.max_new_tokens": 4, "evaluate.num_threads": 1,
-                               "evaluate.metrics_file": str(out / "eval" / "eval.json"),
-                               "evaluate.report_file": str(out / "eval" / "eval.html"),
-                               "evaluate.plots_dir": str(out / "eval" / "plots"), **extra})
-
-
-@pytest.fixture(scope="module")
-def evaluated(model_project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, EvalReport]:
-    out = tmp_path_factory.mktemp("evaluate")
-    params = _params(model_project, out)
-    with _inside(out):
-        train(params)
-        select_gates(params)
-        train_baselines(params)
-        return params, evaluate(params)
-
-
 def test_eval_json_schema_tasks_and_metric_ranges(evaluated) -> None:
     params, report = evaluated
     saved = json.loads(Path(params.resolve(params.evaluate.metrics_file)).read_text())
@@ -187,9 +147,17 @@ def test_eval_json_schema_tasks_and_metric_ranges(evaluated) -> None:
     assert {"dataset", "model", "unseen", "baselines", "prompt_sensitivity", "meta"} <= set(saved)
     assert saved["dataset"] == "tiny"
     assert set(saved["model"]) == set(saved["unseen"]) == set(TASKS)
-    assert set(saved["baselines"]) == {"pop", "sasrec", "mf", "ctr_expert"}
+    assert set(saved["baselines"]) == {"pop", "sasrec", "sasrec_recbole", "item_knn", "bm25", "bm25_sasrec", "content",
+                                       "ctr_gbdt", "ctr_expert", "mf", "rating_knn", "rating_recency"}
     assert set(saved["baselines"]["pop"]) == {*SET_OUT, "candidate_choice", "ctr"}
-    assert set(saved["baselines"]["mf"]) == {"rating"} and set(saved["baselines"]["ctr_expert"]) == {"ctr"}
+    ranking = {"next_item", "multi_objective", "long_tail", "candidate_choice"}
+    assert set(saved["baselines"]["sasrec"]) == ranking | {"query"}
+    assert set(saved["baselines"]["sasrec_recbole"]) == set(saved["baselines"]["item_knn"]) == ranking
+    assert set(saved["baselines"]["bm25"]) == set(saved["baselines"]["bm25_sasrec"]) == {"query"}
+    assert set(saved["baselines"]["content"]) == {"cold_start"}
+    for name in ("mf", "rating_knn", "rating_recency"):
+        assert set(saved["baselines"][name]) == {"rating"}
+    assert set(saved["baselines"]["ctr_expert"]) == set(saved["baselines"]["ctr_gbdt"]) == {"ctr"}
     for task in SET_OUT:
         m = saved["model"][task]
         assert {"hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@10"} <= set(m)
@@ -233,14 +201,20 @@ def test_every_template_is_in_the_sensitivity_table_with_its_kind(evaluated) -> 
             f"{task}/seen-1"]["value"]
 
 
-def test_experts_match_their_own_test_figures_on_all_users(evaluated) -> None:
-    """Same protocol as `unirec baselines`: on all next_item users the figures must agree exactly."""
+def test_experts_match_the_shared_ranking_helpers_on_all_users(evaluated) -> None:
+    """The experts' next_item figures in eval.json equal `ranking.evaluate_scorer` (the protocol they are tuned with
+    on validation) on every test user; MF's RMSE equals its own predictions on rating_test."""
     params, report = evaluated
-    own = json.loads(Path(params.resolve(params.baselines.metrics_file)).read_text())["models"]
-    for ours, theirs in (("sasrec", "sasrec"), ("pop", "popularity")):
+    models = load_baselines(params)
+    test = next_item_task(load_split_data(params), "test")
+    for ours, theirs in (("sasrec", "sasrec"), ("sasrec_recbole", "sasrec_recbole"), ("item_knn", "item_knn"),
+                         ("pop", "popularity")):
+        own = evaluate_scorer(models[theirs], test, (5, 10, 20), 64)
         for metric in ("hr@5", "ndcg@10", "hr@20"):
-            assert report.payload["baselines"][ours]["next_item"][metric] == pytest.approx(own[theirs]["test"][metric])
-    assert report.payload["baselines"]["mf"]["rating"]["rmse"] == pytest.approx(own["mf"]["test"]["rmse"], rel=1e-5)
+            assert report.payload["baselines"][ours]["next_item"][metric] == pytest.approx(own[metric]), (ours, metric)
+    rating_test = load_split_frame(params.resolve(params.paths.splits_dir), "rating_test")
+    assert report.payload["baselines"]["mf"]["rating"]["rmse"] == pytest.approx(
+        rating_errors(models["mf"], rating_test)["rmse"], rel=1e-5)
 
 
 def test_plots_and_html_report_are_written_and_self_contained(evaluated) -> None:
@@ -248,11 +222,17 @@ def test_plots_and_html_report_are_written_and_self_contained(evaluated) -> None
     plots = params.resolve(params.evaluate.plots_dir)
     comparison = pd.read_csv(plots / "comparison.csv")
     assert list(comparison.columns) == ["task", "metric", "model", "value"]
-    assert {"unirec", "unirec_unseen", "pop", "sasrec", "mf", "ctr_expert"} == set(comparison["model"])
+    assert {"unirec", "unirec_unseen", *report.payload["baselines"]} == set(comparison["model"])
+    assert set(report.payload["baselines"]) == set(EXPERT_NAMES)
     sens = pd.read_csv(plots / "sensitivity.csv")
     assert list(sens.columns) == ["task", "template_id", "kind", "metric", "value"] and len(sens) == 6 * len(TASKS)
     html = params.resolve(params.evaluate.report_file).read_text()
-    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == len(TASKS)
+    assert html.startswith("<!DOCTYPE html>")
+    for task in TASKS:  # one headline chart per task, one ablation chart, the experts' validation curves
+        metric = report.payload["prompt_sensitivity"][task]["metric"]
+        assert html.count(f'aria-label="{task} — {metric}"') == 1
+    assert html.count('aria-label="ablations"') == 1 and "sasrec: valid_ndcg@10 per epoch" in html
+    assert "Model vs best expert vs popularity" in html and "Seen vs unseen templates" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
     assert "<script" not in html.lower() and "<link" not in html.lower()
     for task in TASKS:
@@ -277,12 +257,12 @@ def test_metrics_and_files_are_logged_into_the_training_run(evaluated) -> None:
 def test_rerun_is_deterministic_and_without_a_training_run_logs_a_new_evaluate_run(evaluated, tmp_path) -> None:
     params, first = evaluated
     out = Path(params.resolve(params.train.out_dir)).parent
-    again = _params(Path(params.root), out, **{"paths.metrics_dir": str(tmp_path / "metrics"),
+    again = eval_params(Path(params.root), out, **{"paths.metrics_dir": str(tmp_path / "metrics"),
                                                "train.checkpoint_dir": str(tmp_path / "no_checkpoints"),
                                                "evaluate.metrics_file": str(tmp_path / "eval.json"),
                                                "evaluate.report_file": str(tmp_path / "eval.html"),
                                                "evaluate.plots_dir": str(tmp_path / "plots")})
-    with _inside(tmp_path):
+    with inside(tmp_path):
         second = evaluate(again)
 
     def stable(payload: dict) -> dict:
@@ -318,9 +298,9 @@ def test_missing_model_or_experts_fail_with_a_clear_message(evaluated, tmp_path)
     params, _ = evaluated
     out = Path(params.resolve(params.train.out_dir)).parent
     with pytest.raises(FileNotFoundError, match=r"no trained model .*run `unirec train` first"):
-        evaluate(_params(Path(params.root), out, **{"train.out_dir": str(tmp_path / "nothing")}))
+        evaluate(eval_params(Path(params.root), out, **{"train.out_dir": str(tmp_path / "nothing")}))
     with pytest.raises(FileNotFoundError, match=r"missing baseline weights .*run `unirec baselines` first"):
-        evaluate(_params(Path(params.root), out, **{"baselines.out_dir": str(tmp_path / "nothing")}))
+        evaluate(eval_params(Path(params.root), out, **{"baselines.out_dir": str(tmp_path / "nothing")}))
     result = CliRunner().invoke(app, ["evaluate", "--params", str(Path(params.root) / "params.yaml"),
                                       "--set", f"train.out_dir={tmp_path / 'nothing'}"])
     assert result.exit_code == 1 and "unirec evaluate failed:" in result.output

@@ -18,19 +18,35 @@ def test_readme_is_user_documentation_of_at_most_300_lines() -> None:
 
 
 def test_table_rows_cells_and_notes_from_a_hand_built_payload() -> None:
-    payload = {"dataset": "toy", "model": {"next_item": {"hr@10": 0.25, "ndcg@10": 0.125}, "rating": {"rmse": 0.9}},
-               "unseen": {"next_item": {"hr@10": 0.2}},
-               "baselines": {"pop": {"next_item": {"hr@10": 0.1}}, "mf": {"rating": {"rmse": 1.0}}},
-               "meta": {"split": "test", "users": {"next_item": {"evaluated": 3, "eligible": 4}},
-                        "wall_seconds": {"total": 90.0}}}
+    cmp = {"sasrec": {"metric": "ndcg@10", "model": 0.125, "expert": 0.1, "diff": 0.025, "ci95": [0.01, 0.04],
+                      "users": 3, "verdict": "beats"},
+           "pop": {"metric": "ndcg@10", "model": 0.125, "expert": 0.05, "diff": 0.075, "ci95": [-0.01, 0.2],
+                   "users": 3, "verdict": "ties"}}
+    payload = {"dataset": "toy", "model": {"next_item": {"hr@10": 0.25, "ndcg@10": 0.125}, "rating": {"rmse": 0.9},
+                                           "text": {"attribute_f1": 0.5}},
+               "unseen": {"next_item": {"ndcg@10": 0.2}},
+               "baselines": {"pop": {"next_item": {"ndcg@10": 0.05}}, "sasrec": {"next_item": {"ndcg@10": 0.1}},
+                             "mf": {"rating": {"rmse": 1.0}}},
+               "comparisons": {"next_item": cmp, "rating": {"mf": {"metric": "rmse", "model": 0.9, "expert": 1.0,
+                                                                   "diff": -0.1, "ci95": [-0.15, -0.05], "users": 4,
+                                                                   "verdict": "beats"}}},
+               "best_expert": {"next_item": "sasrec", "rating": "mf"},
+               "meta": {"split": "test", "top_k": 10, "users": {"next_item": {"evaluated": 3, "eligible": 3}},
+                        "bootstrap": {"resamples": 1000}, "wall_seconds": {"total": 90.0}}}
     table = results_table(payload, train={"wall_seconds": 120.0, "steps": 5, "peak_rss_gib": 1.5})
     lines = table.splitlines()
-    assert lines[0] == ("| task | metric | unirec (seen templates) | unirec (unseen templates) | popularity | MF "
+    assert lines[0] == ("| task | metric | unirec (seen / unseen templates) | best expert (chosen on validation) "
+                        "| unirec − best expert [95 % CI] | popularity | unirec − popularity [95 % CI] "
                         "| users evaluated / eligible |")
-    assert lines[2] == "| next_item | hr@10 | 0.2500 | 0.2000 | 0.1000 |  | 3 / 4 |"
-    assert lines[3] == "| next_item | ndcg@10 | 0.1250 |  |  |  | 3 / 4 |"
-    assert lines[4] == "| rating | rmse | 0.9000 |  |  | 1.0000 |  |"
+    assert lines[2] == ("| next_item | ndcg@10 | 0.1250 / 0.2000 | SASRec 0.1000 | +0.0250 [+0.0100, +0.0400] beats "
+                        "| 0.0500 | +0.0750 [-0.0100, +0.2000] ties | 3 / 3 |")
+    assert lines[3] == "| rating | rmse | 0.9000 | MF 1.0000 | -0.1000 [-0.1500, -0.0500] beats |  |  |  |"
+    assert lines[4] == "| text | attribute_f1 | 0.5000 |  |  |  |  |  |" and lines[5] == ""
+    assert "paired bootstrap over users (1000 resamples)" in table
     assert "`unirec evaluate` took 1.5 min." in table and "`unirec train` took 2.0 min (5 steps)" in table
+    older = results_table({k: v for k, v in payload.items() if k not in ("comparisons", "best_expert")})
+    assert "| next_item | ndcg@10 | 0.1250 / 0.2000 |  |  | 0.0500 |  | 3 / 3 |" in older
+    assert "predates the paired intervals" in older
 
 
 def test_render_replaces_only_the_block_and_needs_both_markers(tmp_path) -> None:
