@@ -15,7 +15,12 @@ Outputs (``embed_items.out_dir``, replaced as a whole):
   item-neighbourhood factors of ``model.item_neighbours``, from the training split only;
 * ``meta.json``: encoder, backbone source, layers, dim per modality, n_items, seconds.
 
-Deterministic: fixed batch order (items sorted by token length, stable), no sampling, inference mode.
+Batching: items sorted by token length (stable), each forward pass as many consecutive items as fit
+``embed_items.batch_tokens`` padded tokens, at most ``embed_items.batch_size`` (`inference.token_buckets`): the batch
+size is inversely proportional to the text length, and a batch pads only to its own longest item. The report and
+meta.json give the encoder's throughput (items/s, tokens/s, batches).
+
+Deterministic: fixed batch order and composition, no sampling, inference mode.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from tqdm import tqdm
 from components.artifacts import read_parquet
 from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE, collaborative_vectors, neighbour_factors
 from components.config import Params
+from components.model.inference import token_buckets
 from components.tables import id_map_path
 
 __all__ = ["EmbedItemsError", "EmbedItemsReport", "embed_items", "mean_pool", "encode_texts"]
@@ -57,6 +63,8 @@ class EmbedItemsReport:
     num_layers: int | None
     out_dir: str
     seconds: float = 0.0
+    throughput: dict[str, float] = field(default_factory=dict)
+    """The text encoder alone (model load excluded): items_per_s, tokens_per_s, encode_seconds, batches."""
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -64,6 +72,10 @@ class EmbedItemsReport:
         layers = f", {self.num_layers} layers" if self.num_layers is not None else ""
         lines = [f"embed-items: {self.n_items} items with {self.encoder}{layers} → {dims} in {self.out_dir} "
                  f"({self.seconds:.1f}s)"]
+        if self.throughput:
+            t = self.throughput
+            lines.append(f"  encoder: {t['items_per_s']:.1f} items/s, {t['tokens_per_s']:.0f} tokens/s "
+                         f"({int(t['batches'])} batches in {t['encode_seconds']:.1f} s)")
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
@@ -73,22 +85,25 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden.to(torch.float32) * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-def encode_texts(encoder: torch.nn.Module, tokenizer: object, texts: list[str], batch_size: int, max_tokens: int,
-                 autocast_bf16: bool, progress: bool = True) -> np.ndarray:
+def encode_texts(encoder: torch.nn.Module, tokenizer: object, texts: list[str], batch_tokens: int, max_tokens: int,
+                 autocast_bf16: bool, progress: bool = True, max_items: int | None = None,
+                 stats: dict[str, float] | None = None) -> np.ndarray:
     """Mean-pooled last hidden states of `encoder` for `texts` → float32 (N, H), row order = `texts`.
 
     `encoder(input_ids (B, T), attention_mask (B, T))` must return `.last_hidden_state` (B, T, H).
-    Texts are batched in (stable) order of token length to limit padding; results are put back in order.
+    Texts are sorted by token length (stable) and batched by `token_buckets`: each batch holds as many as fit
+    `batch_tokens` padded tokens (at most `max_items`; None = no cap) and pads to its own longest text; results
+    are put back in order. `stats`, when given, receives the throughput (items/s, tokens/s, seconds, batches).
     """
+    start = time.perf_counter()
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True,
                                              max_length=max_tokens)["input_ids"]]
-    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches = token_buckets(lengths, batch_tokens, max_items or max(1, len(texts)))
     device = next(encoder.parameters()).device
     out: np.ndarray | None = None
     with torch.inference_mode(), tqdm(total=len(texts), desc="embed-items", unit="item",
                                       disable=None if progress else True) as bar:
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in batches:
             batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_tokens,
                               return_tensors="pt").to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
@@ -100,6 +115,10 @@ def encode_texts(encoder: torch.nn.Module, tokenizer: object, texts: list[str], 
             bar.update(len(rows))
     if out is None:
         raise EmbedItemsError("no item texts to embed")
+    if stats is not None:
+        seconds = time.perf_counter() - start
+        stats.update(items_per_s=len(texts) / seconds, tokens_per_s=sum(lengths) / seconds,
+                     encode_seconds=seconds, batches=float(len(batches)))
     return out
 
 
@@ -193,11 +212,14 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
     encoder, tokenizer, description, layers = _encoder(params)
     encoder.requires_grad_(False)
     loaded = time.perf_counter()
-    text = encode_texts(encoder, tokenizer, texts, cfg.batch_size, cfg.max_tokens, cfg.autocast_bf16, progress)
+    throughput: dict[str, float] = {}
+    text = encode_texts(encoder, tokenizer, texts, cfg.batch_tokens, cfg.max_tokens, cfg.autocast_bf16, progress,
+                        max_items=cfg.batch_size, stats=throughput)
     if not np.isfinite(text).all():
         raise EmbedItemsError(f"the encoder produced non-finite vectors for {int((~np.isfinite(text)).any(1).sum())}"
                               " items")
-    log.info("embedded %d items in %.1f s (encoder load %.1f s)", n, time.perf_counter() - loaded, loaded - start)
+    log.info("embedded %d items in %.1f s, %.1f items/s (encoder load %.1f s)", n, time.perf_counter() - loaded,
+             throughput["items_per_s"], loaded - start)
     out = params.resolve(cfg.out_dir)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -216,11 +238,14 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
         np.save(tmp / f"{NEIGHBOURS_FILE}.npy", factors)
         log.info("item-neighbourhood factors %dx%d", *factors.shape)
     dims = {"text": int(text.shape[1]), **{k: int(v.shape[1]) for k, v in extras.items()}}
-    report = EmbedItemsReport(n_items=n, dims=dims, encoder=description, num_layers=layers, out_dir=str(cfg.out_dir))
+    report = EmbedItemsReport(n_items=n, dims=dims, encoder=description, num_layers=layers, out_dir=str(cfg.out_dir),
+                              throughput=throughput)
     report.seconds = time.perf_counter() - start
     meta = {"encoder": cfg.encoder, "encoder_name": description, "backbone_source": params.backbone.source,
             "num_layers": layers, "max_tokens": cfg.max_tokens, "autocast_bf16": cfg.autocast_bf16,
-            "dims": dims, "n_items": n, "dtype": "float32", "seconds": round(report.seconds, 2)}
+            "batch_tokens": cfg.batch_tokens, "batch_size": cfg.batch_size,
+            "dims": dims, "n_items": n, "dtype": "float32", "seconds": round(report.seconds, 2),
+            "throughput": {k: round(v, 2) for k, v in throughput.items()}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     _replace_dir(tmp, out)
     return report

@@ -5,6 +5,14 @@ Reads the textualised training examples of every task with a positive mixture we
 every ``train.checkpoint_every_n_steps``; an interrupted run resumes from ``last.ckpt``), then writes the
 artefacts (`components.model.build.save_artifacts`) and ``metrics/train.json``: per-task first/last
 losses, tokens/s, examples/s, peak RSS and wall time.
+
+Multi-process training (``train.strategy: ddp``, ``train.devices: N``; ``accelerator`` cpu (gloo) or gpu
+(NCCL)): Lightning starts ranks 1..N-1 by running this process's command line again (its subprocess launcher),
+so a multi-process run must be started as ``unirec train`` (`check_relaunchable`). Rank 0 alone decides the
+resume point, runs the collaborative warm-up, logs to MLflow, writes checkpoints, artefacts and
+``metrics/train.json``; the other ranks build the same model, skip the warm-up (rank 0's state is broadcast when
+training starts, `LitUniversalRec.on_fit_start`) and write nothing. ``train.batch_size`` is the global batch,
+split across the ranks, so N processes train the model one process would (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import resource
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,9 +33,10 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from components.collab import user_sequences
-from components.config import Params
+from components.config import Params, TrainParams
 from components.evaluation.ranking import load_split_data, next_item_task
 from components.model.build import Built, build_model, save_artifacts, trainable_summary
 from components.model.curve import RetrievalCurve
@@ -100,14 +111,45 @@ def run_fingerprint(params: Params) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _resume_point(params: Params, ckpt_dir: Path) -> str | None:
-    """`last.ckpt` when resuming is on and it belongs to this very configuration; else start fresh."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+def process_rank(cfg: TrainParams) -> int:
+    """This process's global rank in the run the Trainer will start: 0 in the process a user starts; for the
+    processes Lightning's launcher (or torchrun / SLURM) starts, read from the environment it gives them (RANK, or
+    NODE_RANK · devices + LOCAL_RANK) — what Lightning itself reads. `train` checks it against the Trainer's."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0)) * cfg.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def check_relaunchable(trainer: L.Trainer) -> None:
+    """Lightning's `ddp` starts ranks 1..N-1 by running `sys.argv` again (`_SubprocessScriptLauncher`): from any
+    other command than `unirec train` (the Prefect flow, a notebook, pytest) each rank would rerun that whole
+    command. Fail before anything starts instead."""
+    launcher = trainer.strategy.launcher
+    if launcher is None or trainer.world_size == 1 or type(launcher).__name__ != "_SubprocessScriptLauncher":
+        return
+    if "LOCAL_RANK" in os.environ:  # a rank the launcher (or torchrun) started: its own command line is fine
+        return
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    entry = spec.name if spec is not None else Path(sys.argv[0]).name
+    if entry not in {"unirec", "unirec.cli", "unirec.__main__"} or sys.argv[1:2] != ["train"]:
+        raise RuntimeError(f"train.strategy {trainer.strategy.__class__.__name__} with {trainer.world_size} processes "
+                           f"starts ranks 1..{trainer.world_size - 1} by rerunning this process's command line "
+                           f"({' '.join(sys.argv[:3])} ...), which is not `unirec train`: run the step as `unirec "
+                           "train --set train.strategy=ddp --set train.devices=N` (docs/operations.md §7)")
+
+
+def _resume_point(params: Params, ckpt_dir: Path, rank: int = 0) -> str | None:
+    """`last.ckpt` when resuming is on and it belongs to this very configuration; else start fresh (rank 0
+    removes the checkpoints of another configuration; other ranks only read the folder rank 0 prepared)."""
     stamp, last = ckpt_dir / "fingerprint.txt", ckpt_dir / "last.ckpt"
     fingerprint = run_fingerprint(params)
     same = stamp.is_file() and stamp.read_text().strip() == fingerprint
     if params.train.resume and same and last.is_file():
         return str(last)
+    if rank != 0:
+        return None
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     stale = sorted(ckpt_dir.glob("*.ckpt")) + [ckpt_dir / "mlflow_run_id.txt", ckpt_dir / WARMUP_REPORT]
     for old in stale:
         if old.exists():
@@ -129,14 +171,21 @@ def _mlflow_logger(params: Params, ckpt_dir: Path) -> MLFlowLogger:
     return logger
 
 
+def strategy_of(cfg: TrainParams) -> str | Strategy:
+    """`train.strategy` for the Trainer. `ddp` is DDP with `find_unused_parameters`: every step is ONE task's batch,
+    so the read-outs of the other tasks get no gradient in that step, which plain DDP refuses."""
+    return DDPStrategy(find_unused_parameters=True) if cfg.strategy == "ddp" else cfg.strategy
+
+
 def make_trainer(params: Params, ckpt_dir: Path, logger: MLFlowLogger | bool, monitor: ThroughputMonitor,
                  n_val_batches: int, extra_callbacks: list[L.Callback]) -> L.Trainer:
     cfg = params.train
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.checkpoint_every_n_steps,
                                  save_last=True, save_top_k=1, monitor=None)
     return L.Trainer(
-        max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy_of(cfg),
         precision=cfg.precision, logger=logger, callbacks=[checkpoint, monitor, *extra_callbacks],
+        use_distributed_sampler=False,  # RecDataModule shards each global batch itself (components/model/data.py)
         gradient_clip_val=cfg.grad_clip or None, log_every_n_steps=cfg.log_every_n_steps,
         val_check_interval=cfg.val_check_interval if n_val_batches else None,
         limit_val_batches=n_val_batches if n_val_batches else 0, check_val_every_n_epoch=None,
@@ -204,13 +253,18 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
     data = RecDataModule(train_sets, val_sets, cfg, seed, pad_id)
     out_dir = params.resolve(cfg.out_dir)
     ckpt_dir = params.resolve(cfg.checkpoint_dir)
-    resume = _resume_point(params, ckpt_dir)
-    logger = _mlflow_logger(params, ckpt_dir)
+    rank = process_rank(cfg)  # > 0: a process Lightning's DDP launcher started; it writes and logs nothing
+    resume = _resume_point(params, ckpt_dir, rank)
+    logger = _mlflow_logger(params, ckpt_dir) if rank == 0 else None
     monitor = ThroughputMonitor()
-    curve = RetrievalCurve(params, built) if cfg.curve_every_n_steps else None
+    curve = RetrievalCurve(params, built) if cfg.curve_every_n_steps and rank == 0 else None
     n_val = sum(-(-len(v) // cfg.batch_size) for v in val_sets.values())
-    trainer = make_trainer(params, ckpt_dir, logger, monitor, n_val, [*([curve] if curve else []), *(callbacks or [])])
-    warmup = _warmup_of_run(params, built, seed, logger, ckpt_dir, resume)
+    trainer = make_trainer(params, ckpt_dir, logger or False, monitor, n_val,
+                           [*([curve] if curve else []), *(callbacks or [])])
+    if trainer.global_rank != rank:
+        raise RuntimeError(f"process rank {rank} from the environment, but the Trainer says {trainer.global_rank}")
+    check_relaunchable(trainer)
+    warmup = _warmup_of_run(params, built, seed, logger, ckpt_dir, resume) if logger is not None else None
     lit = LitUniversalRec(built.model, cfg, seed)
     built.model.train()  # the backbone was loaded in eval mode
     log.info("training %s on %s (resume: %s)", trainable_summary(built.model), tasks, resume or "no")
@@ -219,12 +273,15 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
         # configuration's last.ckpt; checkpoints of any other configuration were removed by _resume_point
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(lit, datamodule=data, ckpt_path=resume)
-    artifacts = {k: _relative(params, v) for k, v in save_artifacts(built, params, out_dir).items()}
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),
-                         artifacts=artifacts, mlflow_run_id=logger.run_id, resumed_from=resume,
-                         collab_warmup=warmup)
+                         resumed_from=resume, collab_warmup=warmup)
+    if logger is None:  # rank > 0: rank 0 holds the same weights and writes them
+        return report
+    report.artifacts = {k: _relative(params, v) for k, v in save_artifacts(built, params, out_dir).items()}
+    report.mlflow_run_id = logger.run_id
+    report.wall_seconds = time.perf_counter() - start
     metrics_dir = params.resolve(params.paths.metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     payload = asdict(report) | {"curves": {t: [[s, round(v, 5)] for s, v in pts] for t, pts in monitor.curves.items()},

@@ -242,6 +242,19 @@ def benchmark_serving(url: Annotated[str, typer.Option("--url", help="The runnin
     _run("benchmark serving", params, set_, debug, step)
 
 
+@benchmark_app.command("index")
+def benchmark_index(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """faiss flat / IVF / HNSW over benchmark.index_items synthetic item vectors of the model's output width:
+    build time, memory, recall@K against exact search, p50 / p95 latency of one user's top-K
+    → metrics/bench_index.json."""
+    def step(p: object) -> object:
+        from components.bench_index import benchmark_index as component
+
+        return component(p)
+
+    _run("benchmark index", params, set_, debug, step)
+
+
 report_app = typer.Typer(help="Documents generated from the committed metrics.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 

@@ -52,6 +52,7 @@ class EmbedItemsParams(_Strict):
     encoder: Literal["backbone", "hf_dir"]
     encoder_dir: str | None = None
     batch_size: int = Field(ge=1)
+    batch_tokens: int = Field(default=2048, ge=1)
     max_tokens: int = Field(ge=4)
     out_dir: str
     extra_modalities: dict[str, str] = {}

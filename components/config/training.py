@@ -113,3 +113,17 @@ class BenchmarkParams(_Strict):
     serving_bad_fraction: float = Field(ge=0.0, le=1.0)
     serving_warmup: int = Field(ge=0)
     serving_timeout_s: int = Field(ge=1)
+    index_items: int = Field(ge=1)
+    index_clusters: int = Field(ge=1)
+    index_super_clusters: int = Field(ge=1)
+    index_topic_spread: float = Field(ge=0.0)
+    index_noise: float = Field(ge=0.0)
+    index_bias_std: float = Field(ge=0.0)
+    index_queries: int = Field(ge=1)
+    index_warmup: int = Field(ge=0)
+    index_kinds: list[Literal["flat", "ivf", "hnsw"]]
+    index_ivf_nlist: int = Field(ge=1)
+    index_ivf_nprobe: list[int]
+    index_hnsw_ef_search: list[int]
+    index_query_threads: int = Field(ge=1)
+    index_build_budget_s: float = Field(gt=0.0)

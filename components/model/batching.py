@@ -42,6 +42,10 @@ class Batch:
     label_cols: torch.Tensor  # (L,) long
     labels: torch.Tensor  # (L,) long — next-token targets at (row, col)
     tasks: tuple[str, ...]
+    pool_positives: torch.Tensor | None = None
+    """`(R,)` long: the positives (target sets of the catalogue-wide set-out rows + dense targets) of the WHOLE
+    global batch this batch is one rank's shard of (`pool_positives` below); the retrieval losses build their
+    candidate pools from it, so every rank scores against the pool the unsharded batch has. None = this batch's own."""
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -65,6 +69,13 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
     return out
+
+
+def pool_positives(examples: list[EncodedExample]) -> torch.Tensor:
+    """`(R,)` the item ids the retrieval losses build candidate pools from (`components/model/objective.py`): the
+    targets of every set-out example except candidate_choice (which scores its own list) and every dense target."""
+    ids = [t for e in examples if e.user_positions and e.task != "candidate_choice" for t in e.targets]
+    return _long(ids + [t for e in examples for t in e.dense_targets])
 
 
 def collate(examples: list[EncodedExample], pad_id: int) -> Batch:

@@ -4,6 +4,12 @@ Training batches are single-task (per-task losses are exact) and length-bucketed
 tight): batch k draws its task from the mixture weights, then a random window of `batch_size`
 consecutive examples of that task's pool sorted by token length, with an RNG seeded by (seed, k). So batch k is the same whatever happened before it, which makes a resumed run replay exactly
 the batches an uninterrupted run would have seen.
+
+Under DDP (world size W > 1) `batch_size` stays the GLOBAL batch: rank r of W trains on examples r, r + W, … of
+global batch k (interleaved, so the ranks' shards have similar lengths), and each shard carries the whole global
+batch's positives for the candidate pools (`Batch.pool_positives`). With the losses weighted by their share of
+the global batch's units (`components/model/lightning.py`), the all-reduced gradient is the gradient of the
+unsharded batch: W processes train the same model on the same data as one (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from components.artifacts import read_parquet
-from components.model.batching import Batch, collate
+from components.model.batching import Batch, collate, pool_positives
 from components.model.prompting import EncodedExample, PromptSpec, encode_example
 
 
@@ -56,7 +62,11 @@ class MixtureBatches(Dataset):
     """Map-style dataset whose item k is the whole collated batch k (use DataLoader(batch_size=None))."""
 
     def __init__(self, encoded: dict[str, list[EncodedExample]], weights: dict[str, float], batch_size: int,
-                 num_batches: int, seed: int, pad_id: int, start: int = 0) -> None:
+                 num_batches: int, seed: int, pad_id: int, start: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
         self.tasks = [t for t in encoded if weights.get(t, 0.0) > 0 and encoded[t]]
         if not self.tasks:
             raise ValueError("no task has both a positive mixture weight and training examples")
@@ -66,6 +76,10 @@ class MixtureBatches(Dataset):
         self.start, self.num_batches = start, num_batches
         # example indices of each task sorted by length (stable, so ties keep file order)
         self.by_length = {t: np.argsort([len(e.input_ids) for e in encoded[t]], kind="stable") for t in self.tasks}
+        small = {t: len(encoded[t]) for t in self.tasks if min(batch_size, len(encoded[t])) < world_size}
+        if small:
+            raise ValueError(f"{world_size} processes need at least {world_size} examples per batch: train.batch_size "
+                             f"is {batch_size} and tasks {small} have fewer training examples")
 
     def __len__(self) -> int:
         return max(0, self.num_batches - self.start)
@@ -80,8 +94,14 @@ class MixtureBatches(Dataset):
         return task, order[first:first + size]
 
     def __getitem__(self, i: int) -> Batch:
+        """This rank's shard of global batch `start + i` (the whole batch when the world size is 1)."""
         task, idx = self.batch_plan(self.start + i)
-        return collate([self.encoded[task][j] for j in idx], self.pad_id)
+        examples = [self.encoded[task][j] for j in idx]
+        if self.world_size == 1:
+            return collate(examples, self.pad_id)
+        batch = collate(examples[self.rank::self.world_size], self.pad_id)
+        batch.pool_positives = pool_positives(examples)
+        return batch
 
 
 class SequentialBatches(Dataset):

@@ -19,11 +19,27 @@ products, faiss inner-product indexes and the max over M all stay exact with the
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import TASKS, ModelParams
 from components.model.history import CausalHistoryEncoder, HistoryReader
+
+
+def synced_moments(flat: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Per-coordinate mean and biased variance of the rows `(R, H)` of EVERY process of a multi-process run (DDP):
+    the statistics of the unsharded batch (SyncBatchNorm's rule), so each rank's running statistics stay those of
+    a one-process run on the same global batch. A collective: every rank must call it (with R = 0 rows if it has
+    none). None when no rank has a row."""
+    stats = torch.cat([flat.new_full((1,), float(flat.shape[0])), flat.sum(0), (flat * flat).sum(0)]).double()
+    dist.all_reduce(stats)
+    count, width = stats[0], flat.shape[1]
+    if count == 0:
+        return None
+    mean = stats[1:1 + width] / count
+    var = (stats[1 + width:] / count - mean * mean).clamp_min(0.0)
+    return mean.float(), var.float()
 
 
 class RunningStandardise(nn.Module):
@@ -35,7 +51,8 @@ class RunningStandardise(nn.Module):
     item) vectors differ from step 0. The statistics are buffers updated in training mode from the
     detached batch (first batch: copied, then EMA with `momentum`), and the update happens BEFORE
     normalising, so training and evaluation apply the same function of the stored statistics —
-    no dependence on other rows of a batch at inference. `frozen` (set by the LoRA phase for the modules
+    no dependence on other rows of a batch at inference. Under DDP the batch moments are those of every rank's rows
+    (`synced_moments`), so the statistics do not depend on how a global batch is sharded. `frozen` (set by the LoRA phase for the modules
     the collaborative warm-up fitted, `train.collab_warmup.lr_scale: 0`) stops the updates in training mode too.
     """
 
@@ -48,10 +65,14 @@ class RunningStandardise(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and not self.frozen and x.numel():
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self.training and not self.frozen and (x.numel() or distributed):
             with torch.no_grad():
                 flat = x.detach().float().reshape(-1, x.shape[-1])
-                mean, var = flat.mean(0), flat.var(0, unbiased=False)
+                moments = synced_moments(flat) if distributed else (flat.mean(0), flat.var(0, unbiased=False))
+                if moments is None:
+                    return (x.float() - self.mean) * torch.rsqrt(self.var + self.eps)
+                mean, var = moments
                 m = 1.0 if int(self.updates) == 0 else self.momentum
                 self.mean.lerp_(mean, m)
                 self.var.lerp_(var, m)

@@ -147,22 +147,35 @@ class FaissIndex(CandidateIndex):
         IVF: nlist is capped at N (k-means cannot train more cells than points), nprobe at nlist.
         """
         vecs = _as_float32(item_vecs)
-        if vecs.ndim != 2 or vecs.shape[0] == 0:
-            raise ValueError(f"item_vecs must be (N, D) with N >= 1, got {vecs.shape}")
-        n, d = vecs.shape
+        index = cls.empty(vecs, params)
+        index.add(vecs)
+        return cls.finish(index, params)
+
+    @staticmethod
+    def empty(item_vecs: np.ndarray, params: IndexParams) -> faiss.Index:
+        """The faiss index of `params.kind` for `(N, D)` float32 vectors, trained (IVF: k-means on them), still
+        empty: `build` adds the vectors and calls `finish` (`unirec benchmark index` adds them in timed chunks)."""
+        if item_vecs.ndim != 2 or item_vecs.shape[0] == 0:
+            raise ValueError(f"item_vecs must be (N, D) with N >= 1, got {item_vecs.shape}")
+        n, d = item_vecs.shape
         if params.kind == "flat":
-            index = faiss.index_factory(d, "Flat", faiss.METRIC_INNER_PRODUCT)
-        elif params.kind == "ivf":
+            return faiss.index_factory(d, "Flat", faiss.METRIC_INNER_PRODUCT)
+        if params.kind == "ivf":
             index = faiss.index_factory(d, f"IVF{min(params.ivf_nlist, n)},Flat", faiss.METRIC_INNER_PRODUCT)
-            index.train(vecs)
-        elif params.kind == "hnsw":
+            index.train(item_vecs)
+            return index
+        if params.kind == "hnsw":
             index = faiss.index_factory(d, f"HNSW{params.hnsw_m},Flat", faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = params.hnsw_ef_construction
-        else:
-            raise ValueError(f"FaissIndex cannot build kind {params.kind!r} (use flat, ivf or hnsw)")
-        index.add(vecs)
-        if params.kind == "ivf":
-            index.make_direct_map()  # reconstruct() for the exact fallback
+            return index
+        raise ValueError(f"FaissIndex cannot build kind {params.kind!r} (use flat, ivf or hnsw)")
+
+    @classmethod
+    def finish(cls, index: faiss.Index, params: IndexParams) -> "FaissIndex":
+        """A `FaissIndex` over a filled faiss index: IVF's direct map (reconstruct() for the exact fallback) and the
+        query-time knobs of `params`."""
+        if isinstance(index, faiss.IndexIVF):
+            index.make_direct_map()
         result = cls(index)
         result.set_search_params(params)
         return result

@@ -68,6 +68,25 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_buckets(lengths: Sequence[int], max_tokens: int, max_items: int) -> list[np.ndarray]:
+    """Row indices grouped after a stable sort by length, each batch as many consecutive rows as fit `max_tokens`
+    padded tokens (rows × its longest, which is its last) and at most `max_items` rows: the batch size is inversely
+    proportional to the text length, so every forward pass does about the same work (short texts in large batches,
+    long ones in small) and padding stays within a batch of similar lengths. A row longer than `max_tokens` is a
+    batch of its own."""
+    if max_tokens < 1 or max_items < 1:
+        raise ValueError(f"max_tokens and max_items must be >= 1, got {max_tokens}, {max_items}")
+    values = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(values, kind="stable")
+    out: list[np.ndarray] = []
+    first = 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or end - first == max_items or (end + 1 - first) * int(values[order[end]]) > max_tokens:
+            out.append(order[first:end])
+            first = end
+    return out
+
+
 def autocast(enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 

@@ -1,6 +1,14 @@
 """Lightning wrappers: `RecDataModule` (task mixture, dynamic padding, seeded, resumable) and
 `LitUniversalRec` (one step handles every task; per-task losses logged; checkpoints hold only the
-trainable weights), plus `ThroughputMonitor` (tokens/s, examples/s, per-task loss curves)."""
+trainable weights), plus `ThroughputMonitor` (tokens/s, examples/s, per-task loss curves).
+
+Multi-process data parallelism (DDP, `train.strategy: ddp`, `train.devices: W`): step k's global batch is split
+across the W ranks (`MixtureBatches`), each rank weights its per-task mean losses by its share of the global
+batch's units (`objective.loss_units`), so DDP's averaged gradient is the one-process gradient of the same
+global batch; the logged losses, the loss curves and the throughput are the global batch's (one all-reduce per
+step). Rank 0's whole mutable state (its collaborative warm-up, which the other ranks skip) is broadcast when
+training starts (docs/design.md §7).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,13 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from components.config import TrainParams
+from components.config import TASKS, TrainParams
 from components.model.batching import Batch
 from components.model.data import MixtureBatches, SequentialBatches
+from components.model.objective import loss_units
 from components.model.prompting import EncodedExample
 from components.model.universal import UniversalRecModel
 from components.model.warmup import lr_factor, warmup_parameters
@@ -52,13 +62,17 @@ class RecDataModule(L.LightningDataModule):
         self.train, self.val, self.cfg, self.seed, self.pad_id = train, val, cfg, seed, pad_id
 
     def train_dataloader(self) -> DataLoader:
-        # Batch k is a pure function of (seed, k): after a resume, start at the restored global step.
-        start = self.trainer.global_step if self.trainer is not None else 0
+        # Batch k is a pure function of (seed, k): after a resume, start at the restored global step. Under DDP
+        # this rank takes its shard of it (the Trainer runs with use_distributed_sampler=False).
+        trainer = self.trainer
+        start = trainer.global_step if trainer is not None else 0
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         data = MixtureBatches(self.train, self.cfg.task_weights, self.cfg.batch_size, self.cfg.max_steps,
-                              self.seed, self.pad_id, start=start)
+                              self.seed, self.pad_id, start=start, rank=rank, world_size=world)
         return DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
+        # every rank validates on the whole (small, fixed) subset: the same figures on every rank
         return DataLoader(SequentialBatches(self.val, self.cfg.batch_size, self.pad_id), batch_size=None)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
@@ -73,37 +87,73 @@ class LitUniversalRec(L.LightningModule):
             freeze_warmed_statistics(model)
         self.strict_loading = False  # checkpoints carry only the trainable tensors
         self.last_losses: dict[str, float] = {}
+        """Per-task losses of the last step's GLOBAL batch (all ranks)."""
+        self.last_batch: tuple[int, int] = (0, 0)
+        """(tokens, examples) of the last step's global batch (all ranks)."""
         self._pending: dict[str, list[float]] = defaultdict(list)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
 
+    def on_fit_start(self) -> None:
+        """Under DDP, every rank starts from rank 0's state: only rank 0 ran the collaborative warm-up, and its
+        trainable tensors and buffers (the learned statistics, β) are what a checkpoint holds. (DDP's wrapper also
+        broadcasts rank 0's parameters and buffers; this does not rely on it.)"""
+        if self.trainer.world_size > 1:
+            for tensor in [*(p for p in self.model.parameters() if p.requires_grad), *self.model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
     def on_train_start(self) -> None:
         self.model.train()  # the backbone is loaded in eval mode; dropout (LoRA, modality) must be live
+
+    def _global_losses(self, losses: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The loss to back-propagate; sets `last_losses` / `last_batch` to the GLOBAL batch's figures.
+
+        One process: the sum of the per-task means. W ranks: each per-task mean is weighted by units_r · W / N
+        (N = the global batch's units of the task), so DDP's average over ranks of the gradients is the gradient
+        of the per-task means over the whole global batch — the one-process gradient."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        tokens, examples = batch.num_tokens, int(batch.input_ids.shape[0])
+        if world == 1:
+            self.last_losses = {task: float(loss.detach()) for task, loss in losses.items()}
+            self.last_batch = (tokens, examples)
+            return torch.stack(list(losses.values())).sum()
+        units = loss_units(batch)
+        n = len(TASKS)
+        stats = torch.zeros(2 * n + 2, dtype=torch.float64, device=batch.input_ids.device)
+        for task, loss in losses.items():
+            i = TASKS.index(task)
+            stats[i], stats[n + i] = units[task], float(loss.detach()) * units[task]
+        stats[2 * n], stats[2 * n + 1] = tokens, examples
+        dist.all_reduce(stats)
+        total = sum(loss * (units[task] * world / float(stats[TASKS.index(task)])) for task, loss in losses.items())
+        self.last_losses = {task: float(stats[n + i] / stats[i]) for i, task in enumerate(TASKS) if stats[i] > 0}
+        self.last_batch = (int(stats[2 * n]), int(stats[2 * n + 1]))
+        return total  # type: ignore[return-value]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # Every random draw of step k (dropout, negatives) is seeded by k: a resumed run replays it exactly.
         torch.manual_seed(self.seed * 1_000_003 + int(self.global_step))
         losses = self.model.losses(batch, self._generator())
-        total = torch.stack(list(losses.values())).sum()
-        self.last_losses = {task: float(loss.detach()) for task, loss in losses.items()}
+        total = self._global_losses(losses, batch)
         for task, value in self.last_losses.items():
             self._pending[task].append(value)
         if (self.global_step + 1) % self.cfg.log_every_n_steps == 0:
             # mean loss of each task over the batches since the last log (tasks absent from them: no point)
             means = {f"train/loss_{t}": sum(v) / len(v) for t, v in self._pending.items() if v}
             for key, value in means.items():
-                self.log(key, value, on_step=True, on_epoch=False, batch_size=int(batch.input_ids.shape[0]))
+                self.log(key, value, on_step=True, on_epoch=False, batch_size=self.last_batch[1])
             self._pending.clear()
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=int(batch.input_ids.shape[0]))
+        self.log("train/loss", sum(self.last_losses.values()), on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=self.last_batch[1])
         return total
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         losses = self.model.losses(batch, torch.Generator().manual_seed(self.seed + batch_idx))
         size = int(batch.input_ids.shape[0])
         for task, loss in losses.items():
-            self.log(f"val/loss_{task}", loss, on_step=False, on_epoch=True, batch_size=size)
+            # every rank validates on the same batches: sync_dist averages equal figures (no DDP warning)
+            self.log(f"val/loss_{task}", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's union return type
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -148,8 +198,11 @@ class ThroughputMonitor(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: object, batch: Batch,
                            idx: int) -> None:
         self.seconds += time.perf_counter() - self._start
-        self.tokens += batch.num_tokens
-        self.examples += int(batch.input_ids.shape[0])
+        tokens, examples = getattr(module, "last_batch", (0, 0)) or (0, 0)
+        if not examples:  # a module that does not report its global batch: this process's batch
+            tokens, examples = batch.num_tokens, int(batch.input_ids.shape[0])
+        self.tokens += tokens  # under DDP the global batch's (every rank's), so tokens/s is the run's
+        self.examples += examples
         self.batches += 1
         step = int(trainer.global_step)
         for task, value in getattr(module, "last_losses", {}).items():

@@ -49,6 +49,20 @@ def task_losses(model: UniversalRecModel, batch: Batch,
     return out
 
 
+def loss_units(batch: Batch) -> dict[str, int]:
+    """`{task: n}`: how many terms the mean of each loss of `task_losses` averages over — set-out rows (+ the dense
+    slots of next_item), answer slots of the verbalised tasks, label tokens of the text tasks. Under DDP a rank's
+    loss is weighted by its units' share of the global batch's, so the all-reduced gradient is the global mean's."""
+    row_task = [batch.tasks[int(t)] for t in batch.task_ids]
+    units: dict[str, int] = {}
+    for rows in (batch.user_rows, batch.answer_rows, batch.label_rows):
+        for r in rows.tolist():
+            units[row_task[r]] = units.get(row_task[r], 0) + 1
+    if batch.dense_rows.numel() and "next_item" in {row_task[int(r)] for r in batch.user_rows}:
+        units["next_item"] += int(batch.dense_rows.numel())
+    return units
+
+
 def _retrieval_losses(model: UniversalRecModel, hidden: Tensor, fused: Tensor, batch: Batch, row_task: list[str],
                       generator: torch.Generator | None, out: dict[str, Tensor]) -> None:
     # one user_head call over the [UM] and the dense slots: the head's running statistics see
@@ -77,11 +91,15 @@ def _retrieval_losses(model: UniversalRecModel, hidden: Tensor, fused: Tensor, b
     pool: tuple[Tensor, Tensor, Tensor] | None = None
     for task in sorted(set(free_task)):
         sel = free[torch.tensor([t == task for t in free_task], device=hidden.device)]
+        # a rank's shard of a global batch builds its pools from the whole batch's positives (Batch.pool_positives;
+        # training batches are single-task, so for cold_start these are the cold_start targets)
         if task == "cold_start":
-            cand_ids, cand_vecs, log_q = cold_candidates(model, batch.positive_sets[sel])
+            cold_pool = batch.positive_sets[sel] if batch.pool_positives is None else batch.pool_positives
+            cand_ids, cand_vecs, log_q = cold_candidates(model, cold_pool)
         else:
             if pool is None:  # one candidate pool for every catalogue-wide task of the batch
-                positives = torch.cat([batch.positive_sets[free].reshape(-1), batch.dense_targets])
+                positives = torch.cat([batch.positive_sets[free].reshape(-1), batch.dense_targets]) \
+                    if batch.pool_positives is None else batch.pool_positives
                 pool = catalogue_candidates(model, positives, generator)
             cand_ids, cand_vecs, log_q = pool
         loss = multi_positive_loss(users[sel], batch.positive_sets[sel], cand_ids, cand_vecs, log_q,

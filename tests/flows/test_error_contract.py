@@ -185,6 +185,9 @@ CASES: list[Case] = [
     Case("benchmark-serving-no-server", "benchmark serving", lambda c: {"paths.metrics_dir": c.out("metrics")},
          ("http://127.0.0.1:9", "no scoring server answers /ping", "mlflow models serve"), args=(
              "--url", "http://127.0.0.1:9"), error="ServingBenchError"),
+    Case("benchmark-index-unknown-kind", "benchmark index", lambda c: {"benchmark.index_kinds": ["annoy"],
+                                                                       "paths.metrics_dir": c.out("metrics")},
+         ("params.yaml", "benchmark.index_kinds", "'flat', 'ivf' or 'hnsw'"), error="ParamsError"),
     Case("report-readme-truncated-eval-json", "report readme",
          lambda c: {"evaluate.metrics_file": c.garbage("eval.json", TRUNCATED_JSON)},
          ("eval.json", UNREADABLE, "re-run `unirec evaluate`"), error="ArtifactError"),
@@ -248,7 +251,8 @@ def test_the_cases_cover_every_command() -> None:
 
     commands = _cli_commands()
     assert set(ORDER) <= commands
-    assert {"recommend", "benchmark train", "benchmark retrieval", "benchmark serving", "report readme",
+    assert {"recommend", "benchmark train", "benchmark retrieval", "benchmark serving", "benchmark index",
+            "report readme",
             "flow run", "flow champion-eval", "flow pools"} <= commands
     assert {c.command for c in CASES} == commands
 

@@ -13,6 +13,7 @@ import torch
 from components.config import Params
 from components.embed_items import EmbedItemsError, EmbedItemsReport, embed_items, mean_pool
 from components.ingest import ingest
+from components.model.inference import token_buckets
 from components.model.backbone import load_backbone
 from components.split import split
 from components.tables import id_map_path
@@ -60,6 +61,8 @@ def test_shape_dtype_id_map_meta_and_determinism(make_params, built: Params, tmp
     assert meta["n_items"] == n and meta["dims"] == {"text": text.shape[1], "collab": built.embed_items.collab.dim}
     assert meta["encoder"] == "backbone" and meta["backbone_source"] == "tiny"
     assert meta["num_layers"] == built.backbone.tiny.num_layers
+    assert meta["throughput"]["items_per_s"] > 0 and meta["throughput"]["batches"] >= n / built.embed_items.batch_size
+    assert "items/s" in report.summary() and report.throughput["encode_seconds"] > 0
     # second run (other batch size → other batch composition) gives the same rows, first run's bytes exactly
     again = _with(make_params, built, tmp_path)
     embed_items(again, progress=False)
@@ -148,3 +151,16 @@ def test_refuses_to_replace_a_foreign_folder(make_params, built: Params, tmp_pat
     with pytest.raises(EmbedItemsError, match="refusing to replace"):
         embed_items(_with(make_params, built, tmp_path), progress=False)
     assert (tmp_path / "emb" / "notes.txt").read_text() == "keep"
+
+
+def test_token_buckets_fill_a_token_budget_in_length_order() -> None:
+    """Batch size inversely proportional to length: rows × the batch's longest ≤ the budget, at most max_items rows,
+    every row once, in stable length order; a row longer than the budget is a batch of its own."""
+    lengths = [5, 3, 9, 1, 2, 2, 7, 30]
+    buckets = token_buckets(lengths, 10, 3)
+    assert [b.tolist() for b in buckets] == [[3, 4, 5], [1, 0], [6], [2], [7]]
+    assert sorted(i for b in buckets for i in b.tolist()) == list(range(len(lengths)))
+    for b in buckets:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 10
+    assert [len(b) for b in token_buckets([4] * 10 + [16] * 4, 32, 100)] == [8, 2, 2, 2]
+    assert token_buckets([], 10, 3) == []
