@@ -62,7 +62,8 @@ def gate_data(params: Params) -> EvalData:
     cfg = params.select_gates
     users = {t: (cfg.users if t in cfg.tasks else 1) for t in TASKS}
     shrunk = params.model_copy(update={"evaluate": params.evaluate.model_copy(
-        update={"split": "valid", "users_per_task": users, "seed_offset": cfg.seed_offset})})
+        update={"split": "valid", "users_per_task": users, "seed_offset": cfg.seed_offset,
+                "seen_templates_per_user": None, "unseen_templates_per_user": None})})
     data = load_eval_data(shrunk)
     frames = {}
     for task in cfg.tasks:

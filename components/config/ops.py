@@ -19,6 +19,8 @@ class MlflowParams(_Strict):
 class EvaluateParams(_Strict):
     split: Literal["valid", "test"]
     users_per_task: dict[str, int | None]
+    seen_templates_per_user: int | None = Field(ge=1)
+    unseen_templates_per_user: int | None = Field(ge=1)
     batch_size: int = Field(ge=1)
     generation_batch_size: int = Field(ge=1)
     ks: list[int] = Field(min_length=1)

@@ -2,9 +2,9 @@
 prompt sensitivity), computed under the RecBole protocol of docs/design.md §4 (leave-one-out, full ranking over
 all items with the user's earlier items excluded). `metrics` holds the pure metric functions.
 
-`evaluate(params) -> EvalReport` runs the trained universal model on every template of every task for a
-seeded subset of users, the expert baselines on the same users and rows, and writes eval.json, the plot
-CSVs and the HTML report (see `pipeline.py`). Modules: `rows` (inputs, user subsets, ranking of rows),
+`evaluate(params) -> EvalReport` runs the trained universal model on every task for its users (by default
+all), each user on one seen and one unseen template in rotation (`rows.rotate_templates`), the expert
+baselines on the same users and rows, and writes eval.json, the plot CSVs and the HTML report (see `pipeline.py`). Modules: `rows` (inputs, user subsets, ranking of rows),
 `universal` (model predictions), `experts` (baselines), `scoring` (rows → metrics, the one evaluator),
 `report` (HTML, plot CSVs), `tracking` (MLflow). The heavy modules load on first use, so importing
 `components.evaluation.metrics` stays cheap.

@@ -1,7 +1,8 @@
 """`evaluate(params)`: the orchestration of the evaluation step.
 
-Runs the trained universal model on every template of every task for its users (`evaluate.users_per_task`;
-default all), its inference-time ablations (`evaluate.ablations`) on the seen-template rows, and the expert
+Runs the trained universal model on every task for its users (`evaluate.users_per_task`; default all), each
+user on its assigned seen and unseen templates (`evaluate.seen_templates_per_user`; default one of each kind, in
+rotation), its inference-time ablations (`evaluate.ablations`) on the seen-template rows, and the expert
 baselines on the same users and rows (and on the validation rows, to choose each task's best expert); then the
 paired bootstrap over users of every model-vs-expert and ablated-vs-full difference (scoreboard.py). Writes
 `evaluate.metrics_file` (eval.json), the per-user scores under `evaluate.per_user_dir`, the plot CSVs under
@@ -49,7 +50,8 @@ CONVENTIONS = {
                   "are excluded too",
     "set_out_scores": "max over the M user vectors of the inner product with each item's output vector",
     "seen_unseen": "model = pooled over the rows of the seen (training) templates; unseen = pooled over the "
-                   "held-out templates; every template is evaluated on the same users",
+                   "held-out templates; each user on evaluate.seen_templates_per_user seen and "
+                   "unseen_templates_per_user unseen templates, assigned in rotation over a seeded user order",
     "ctr": "p(yes) = softmax over the yes/no verbaliser logits at the answer slot; GAUC groups rows by "
            "(user, template), weighted by rows",
     "rating": "prediction = expectation of 1..5 under the softmax of the five verbaliser logits",

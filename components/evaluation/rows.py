@@ -1,7 +1,9 @@
 """Evaluation inputs and the pure per-row helpers shared by the universal model and the experts.
 
-* `sample_users`: a seeded subset of a task's users; every template of the task is evaluated on it, and
-  tasks with smaller budgets take the first users of the same seeded order (so their users nest);
+* `sample_users`: a seeded subset of a task's users; tasks with smaller budgets take the first users of the same
+  seeded order (so their users nest);
+* `rotate_templates`: each user's seen and unseen templates, in rotation over the same seeded order
+  (`evaluate.seen_templates_per_user` / `unseen_templates_per_user`; null = every template);
 * `rank_rows`: 1-based rank of each row's target (pessimistic ties, `metrics.rank_of_target`) and the
   row's top-K list, with the row's seen items excluded (never the target) and, for cold-start, the
   ranking restricted to the cold items;
@@ -44,6 +46,26 @@ def sample_users(eligible: Sequence[int] | np.ndarray, n: int | None, priority: 
     if len(users) and users.max() >= len(priority):
         raise ValueError(f"user {int(users.max())} has no priority (only {len(priority)} users)")
     return np.sort(users[np.argsort(priority[users], kind="stable")[:n]])
+
+
+def rotate_templates(frame: pd.DataFrame, rank: np.ndarray, per_kind: dict[str, int | None]) -> pd.DataFrame:
+    """The rows of `frame` whose template is one of its user's assigned templates: for each template kind
+    (seen / unseen) with `n = per_kind[kind]`, the user of rank `r` (`rank[user]`, a seeded order) gets the kind's
+    templates `T[(r + j) % len(T)]`, j < n (T sorted), so each template gets an equal share of the users; every
+    template when `n` is None or not smaller than `len(T)`. File order is kept."""
+    keep = np.zeros(len(frame), dtype=bool)
+    users = frame["user_idx"].to_numpy(dtype=np.int64)
+    for kind, n in per_kind.items():
+        of_kind = (frame["template_kind"] == kind).to_numpy()
+        templates = sorted(frame.loc[of_kind, "template_id"].unique())
+        if n is None or n >= len(templates):
+            keep |= of_kind
+            continue
+        index = {t: i for i, t in enumerate(templates)}
+        position = frame["template_id"].map(index).fillna(-1).to_numpy(dtype=np.int64)
+        offset = (position - rank[users]) % len(templates)
+        keep |= of_kind & (offset < n)
+    return frame[keep].reset_index(drop=True)
 
 
 def rank_rows(scores: np.ndarray, targets: Sequence[int] | np.ndarray, excludes: Sequence[np.ndarray], k: int,
@@ -117,7 +139,8 @@ class EvalData:
     n_users: int
     n_items: int
     frames: dict[str, pd.DataFrame]
-    """Example rows of the evaluated users per task, every template, file order (tasks without rows absent)."""
+    """Example rows of the evaluated users per task, each user's assigned templates, file order (tasks without rows
+    absent)."""
     eligible: dict[str, int]
     """Users with rows per task before subsampling."""
     seen: dict[int, np.ndarray]
@@ -169,7 +192,9 @@ def load_eval_data(params: Params) -> EvalData:
         if frame.empty:  # e.g. cold_start with split.cold_item_fraction 0: the task is skipped
             continue
         users = sample_users(frame["user_idx"].to_numpy(), cfg.users_per_task.get(task), priority)
-        frames[task] = frame[frame["user_idx"].isin(users)].reset_index(drop=True)
+        frame = frame[frame["user_idx"].isin(users)].reset_index(drop=True)
+        frames[task] = rotate_templates(frame, priority, {"seen": cfg.seen_templates_per_user,
+                                                          "unseen": cfg.unseen_templates_per_user})
     return EvalData(
         split=cfg.split, n_users=data.n_users, n_items=data.n_items, frames=frames, eligible=eligible,
         seen=_per_user(earlier), seen_cold=_per_user(cold), history=history,

@@ -109,7 +109,7 @@ def predict_views(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, 
                   frame: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Row frames of `task` per view (`FULL` or an ablation of components/model/ablations.py, each with its output
     item vectors `(N, D)` float32 computed under it) from ONE decoder pass per batch: the views act after the decoder.
-    `frame`: the rows (default `data.frames[task]`, every template of the sampled users); text tasks: FULL only."""
+    `frame`: the rows (default `data.frames[task]`, each sampled user's assigned templates); text tasks: FULL only."""
     frame = data.frames[task] if frame is None else frame
     if task in TEXT_TASKS and set(views) != {FULL}:
         raise ValueError(f"{task}: text tasks have no ablated views ({list(views)})")
@@ -153,7 +153,7 @@ def predict_views(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, 
 
 def predict_task(model: UniversalRecModel, tokenizer: PreTrainedTokenizerBase, spec: PromptSpec, task: str,
                  data: EvalData, item_vecs: torch.Tensor, cfg: InferenceConfig) -> pd.DataFrame:
-    """Row frame of `task` (every template, the sampled users) for `scoring.task_metrics`, in file order.
+    """Row frame of `task` (the sampled users, their assigned templates) for `scoring.task_metrics`, in file order.
 
     `item_vecs` `(N, D)` float32 are the model's output item vectors in eval mode."""
     return predict_views(model, tokenizer, spec, task, data, {FULL: item_vecs}, cfg)[FULL]

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from components.baselines import load_baselines, train_baselines
@@ -24,7 +26,7 @@ from components.evaluation.pipeline import build_payload
 from components.evaluation.report import render_html
 from components.evaluation.experts import EXPERT_NAMES, template_free
 from components.evaluation.ranking import evaluate_scorer, load_split_data, next_item_task
-from components.evaluation.rows import EvalData, parse_spans, rank_rows, sample_users, span_matches
+from components.evaluation.rows import EvalData, parse_spans, rank_rows, rotate_templates, sample_users, span_matches
 from components.evaluation.scoring import MetricContext, by_kind, by_template, sensitivity, task_metrics
 from components.evaluation.tracking import flatten_metrics, metric_name
 from components.model.inference import generate_batch, length_buckets
@@ -48,6 +50,35 @@ def test_sample_users_takes_lowest_priority_eligible_users_and_nests() -> None:
     assert sample_users([4, 0], 9, priority).tolist() == [0, 4]
     small, large = sample_users(range(6), 2, priority), sample_users(range(6), 4, priority)
     assert small.tolist() == [1, 3] and set(small) <= set(large)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_users=st.integers(1, 40), n_seen=st.integers(1, 5), n_unseen=st.integers(0, 3), targets=st.integers(1, 3),
+       per_seen=st.one_of(st.none(), st.integers(1, 6)), per_unseen=st.one_of(st.none(), st.integers(1, 4)),
+       seed=st.integers(0, 1000))
+def test_rotate_templates_gives_every_user_n_templates_of_each_kind_in_equal_shares(
+        n_users: int, n_seen: int, n_unseen: int, targets: int, per_seen: int | None, per_unseen: int | None,
+        seed: int) -> None:
+    templates = [(f"t/seen-{i}", "seen") for i in range(n_seen)] + [(f"t/unseen-{i}", "unseen") for i in range(n_unseen)]
+    frame = pd.DataFrame([{"template_id": t, "template_kind": k, "user_idx": u, "target": j}
+                          for u in range(n_users) for t, k in templates for j in range(targets)])
+    frame["row"] = np.arange(len(frame))
+    rank = np.random.default_rng(seed).permutation(n_users)
+    out = rotate_templates(frame, rank, {"seen": per_seen, "unseen": per_unseen})
+    assert out.equals(frame.iloc[out["row"].to_numpy()].reset_index(drop=True))  # rows of the frame, unchanged
+    assert (np.diff(out["row"]) > 0).all()  # file order kept
+    for kind, n, count in (("seen", per_seen, n_seen), ("unseen", per_unseen, n_unseen)):
+        want = count if n is None else min(n, count)
+        rows = out[out["template_kind"] == kind]
+        per_user = rows.groupby("user_idx")["template_id"].nunique().reindex(range(n_users), fill_value=0)
+        assert (per_user == want).all()  # every user, n templates of the kind, every target of each
+        assert (rows.groupby(["user_idx", "template_id"]).size() == targets).all()
+        if count and want:
+            shares = rows.groupby("template_id")["user_idx"].nunique().reindex(
+                [t for t, k in templates if k == kind], fill_value=0)
+            assert shares.max() - shares.min() <= want  # near-equal shares (rotation over the seeded order)
+            if want == 1:
+                assert shares.max() - shares.min() <= 1
 
 
 def test_rank_rows_excludes_seen_never_the_target_and_restricts_to_allowed_items() -> None:
@@ -179,26 +210,29 @@ def test_eval_json_schema_tasks_and_metric_ranges(evaluated) -> None:
     assert "jitter" in meta["conventions"]["baselines"] and meta["wall_seconds"]["total"] > 0
     assert meta["users"]["text"]["evaluated"] == 3 and meta["users"]["ctr"]["evaluated"] == 4
     assert meta["users"]["next_item"]["evaluated"] == meta["users"]["next_item"]["eligible"]
-    for task in TASKS:  # every template runs on the same users: 4 seen + 2 unseen rows per expert row
+    for task in TASKS:  # one seen and one unseen template per user (the default rotation): one row each per target
         rows = meta["rows"][task]
-        assert rows["templates"] == 6 and rows["seen"] == 2 * rows["unseen"] > 0
+        assert rows["seen"] == rows["unseen"] > 0 and 2 <= rows["templates"] <= 6
         if task in saved["baselines"]["pop"]:
-            assert rows["unseen"] == 2 * rows["baseline"]
+            assert rows["unseen"] == rows["baseline"]
 
 
 def test_every_template_is_in_the_sensitivity_table_with_its_kind(evaluated) -> None:
     _, report = evaluated
     table = report.payload["prompt_sensitivity"]
     assert set(table) == set(TASKS)
+    users = report.payload["meta"]["users"]
     for task, t in table.items():
         kinds = {tid: rec["kind"] for tid, rec in t["templates"].items()}
-        assert sorted(kinds) == [f"{task}/seen-{i}" for i in (1, 2, 3, 4)] + [f"{task}/unseen-{i}" for i in (1, 2)]
-        assert list(kinds.values()).count("unseen") == 2
+        every = [f"{task}/seen-{i}" for i in (1, 2, 3, 4)] + [f"{task}/unseen-{i}" for i in (1, 2)]
+        if users[task]["evaluated"] >= 4:  # the rotation gives each of the 4 seen templates a user
+            assert sorted(kinds) == every and list(kinds.values()).count("unseen") == 2
+        assert set(kinds) <= set(every) and all(kinds[tid] == tid.split("/")[1].split("-")[0] for tid in kinds)
         values = [rec["value"] for rec in t["templates"].values()]
-        assert t["n_templates"] == 6 and t["min"] == min(values) and t["max"] == max(values)
+        assert t["n_templates"] == len(kinds) and t["min"] == min(values) and t["max"] == max(values)
         assert t["mean"] == pytest.approx(np.mean(values)) and t["std"] == pytest.approx(np.std(values))
-        assert report.payload["per_template"][task][f"{task}/seen-1"][t["metric"]] == t["templates"][
-            f"{task}/seen-1"]["value"]
+        first = sorted(kinds)[0]
+        assert report.payload["per_template"][task][first][t["metric"]] == t["templates"][first]["value"]
 
 
 def test_experts_match_the_shared_ranking_helpers_on_all_users(evaluated) -> None:
