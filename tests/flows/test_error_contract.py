@@ -11,6 +11,7 @@ the cases cover every command the CLI has.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -28,6 +29,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from components.config import load_params
 from tests.conftest import REPO, TINY_OVERRIDES
 from tests.flows.registry_stack import Stack, shared_stack
 from unirec.cli import app
@@ -64,13 +66,19 @@ class Ctx:
         return self.copy(self.stack.project / "data" / folder, folder)
 
     def experts(self, sasrec: bytes | None = None) -> Path:
-        """A baselines folder: a real popularity vector and state dicts of the right names (`sasrec`: its bytes)."""
+        """A baselines folder: a real popularity vector, SASRec's chosen configuration and empty files of the other
+        names (`sasrec`: the bytes of sasrec.pt)."""
+        from components.evaluation.pipeline import BASELINE_FILES
+
         folder = self.tmp / "copies" / "baselines"
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         n_items = len(pd.read_parquet(self.stack.project / "data" / "canonical" / "id_maps" / "items.parquet"))
         np.save(folder / "popularity.npy", np.ones(n_items))
-        for name in ("sasrec.pt", "mf.pt", "ctr.pt"):
+        for name in (n for n in BASELINE_FILES if n != "popularity.npy"):
             (folder / name).write_bytes(sasrec if sasrec is not None and name == "sasrec.pt" else b"")
+        # a readable chosen configuration (SASRec's: the first expert loaded after popularity)
+        sasrec_config = load_params(self.stack.project / "params.yaml").baselines.sasrec_recbole.model_dump()
+        (folder / "chosen.json").write_text(json.dumps({"sasrec": sasrec_config}), encoding="utf-8")
         return folder
 
     def garbage(self, name: str, content: bytes = b"\x00garbage, not what this file should hold\xff") -> str:

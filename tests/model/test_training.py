@@ -272,7 +272,8 @@ def test_curve_ranks_equal_the_evaluators_on_the_same_rows(model_params) -> None
     curve = RetrievalCurve(params, built)
     rows = curve_rows(params)
     evaluate_params = params.model_copy(update={"evaluate": params.evaluate.model_copy(
-        update={"split": "valid", "users_per_task": {t: None for t in TASKS}})})
+        update={"split": "valid", "users_per_task": {t: None for t in TASKS}, "seen_templates_per_user": None,
+                "unseen_templates_per_user": None})})
     data = load_eval_data(evaluate_params)
     keys = ["user_idx", "template_id"]
     frame = data.frames["next_item"].merge(rows[keys], on=keys).reset_index(drop=True)
