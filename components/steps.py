@@ -83,20 +83,20 @@ STEPS: tuple[Step, ...] = (
     Step("index", "components.indexing:build_item_index",
          "Build the faiss index (index.kind: flat | ivf | hnsw) over the trained item vectors "
          "(<train.out_dir>/item_vectors.npy) → index.out_dir (items.faiss + meta.json with the vectors' sha256)."),
-    Step("evaluate", "components.evaluation:evaluate",
-         "Evaluate the trained universal model on every task and prompt template (seen and unseen) on the test "
-         "split, and the expert baselines on the same rows: full-ranking HR/NDCG/MRR with seen items excluded, "
+    Step("evaluate", "components.evaluation.pipeline:evaluate",
+         "Evaluate the trained universal model on every task, each user on a seen and an unseen prompt "
+         "template, on the test split, and the expert baselines on the same rows: full-ranking HR/NDCG/MRR with seen items excluded, "
          "candidate-list HR@1/NDCG@5, CTR AUC/GAUC/LogLoss, rating RMSE/MAE, text attribute-F1/ROUGE-L, prompt "
          "sensitivity, the model's ablations and a paired bootstrap interval for every model-vs-expert difference "
          "(best expert chosen on validation) → metrics/eval.json, metrics/per_user/, metrics/plots/, "
          "reports/eval.html, logged to MLflow. The only command that reads the test split."),
-    Step("register", "components.registry:register_model",
+    Step("register", "components.registry.register:register_model",
          "Log the trained model (adapter, fusion/heads, item vectors, gates, faiss index, id maps, titles, "
          "histories, prompt registry) as an MLflow pyfunc into the training run with params, git commit, dvc.lock "
          "hash, eval figures and reports; register a new version of registry.model_name with alias "
          "registry.challenger_alias (an identical model reuses its version) → registry.metrics_file.",
          retries="registry_retries", registry_outs=True),
-    Step("promote", "components.registry:promote",
+    Step("promote", "components.registry.promotion:promote",
          "Move registry.champion_alias to the challenger if the gate passes (registry.gate_metric >= champion's + "
          "gate_margin, no tracked metric regressing by more than regression_tolerance; the first model becomes "
          "champion); the decision and figures become version tags → registry.promotion_file.",
