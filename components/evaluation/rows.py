@@ -51,8 +51,8 @@ def sample_users(eligible: Sequence[int] | np.ndarray, n: int | None, priority: 
 def rotate_templates(frame: pd.DataFrame, rank: np.ndarray, per_kind: dict[str, int | None]) -> pd.DataFrame:
     """The rows of `frame` whose template is one of its user's assigned templates: for each template kind
     (seen / unseen) with `n = per_kind[kind]`, the user of rank `r` (`rank[user]`, a seeded order) gets the kind's
-    templates `T[(r + j) % len(T)]`, j < n (T sorted), so the templates share the users near-equally (exactly for n = 1); every
-    template when `n` is None or not smaller than `len(T)`. File order is kept."""
+    templates `T[(r + j) % len(T)]`, j < n (T sorted), so the templates share the users near-equally (within one
+    user for n = 1); every template when `n` is None or not smaller than `len(T)`. File order is kept."""
     keep = np.zeros(len(frame), dtype=bool)
     users = frame["user_idx"].to_numpy(dtype=np.int64)
     for kind, n in per_kind.items():
