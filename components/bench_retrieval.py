@@ -1,25 +1,24 @@
-"""`unirec benchmark retrieval`: sequence-in-set-out vs trie-constrained beam search, same trained model.
+"""`unirec benchmark retrieval`: sequence-in-set-out vs a trained generative recommender (trie-constrained beam search).
 
-Both sides use the SAME backbone + LoRA adapter + fusion module (`load_trained`) and the same test
-prompts (the first ``benchmark.retrieval_users`` rows of template ``benchmark.retrieval_template`` in
+Both sides use the SAME backbone, fusion module and prompts (`load_trained`; ``benchmark.retrieval_users`` test users,
+a seeded random subset of those with a row of template ``benchmark.retrieval_template`` in
 ``data/examples/next_item/test.parquet``), one user at a time (batch size 1):
 
-* set-out: the next_item prompt ending in M `[UM]` tokens, ONE forward pass → `(1, M, D)` user vectors
-  → `CandidateIndex.topk` (``index.kind``) over the whole catalogue → K items.
-* beam: the same prompt text ending in `[LM]`, fused item vectors injected (`input_embeddings`) and fed
-  as ``inputs_embeds`` to the causal LM's ``generate`` with K beams / K returned sequences, constrained
-  by a `TitleTrie` of every item's tokenised name (" " + "Title (Year)", then EOS); each finished beam
-  maps back to its item id(s), duplicates merged, cut to K.
+* set-out: the model's own LoRA adapter; the next_item prompt ending in M `[UM]` tokens, ONE forward pass →
+  `(1, M, D)` user vectors → `CandidateIndex.topk` (``index.kind``) over the whole catalogue → K items.
+* beam: a second LoRA adapter trained to write the next item's title for the same number of steps as the model's
+  LoRA phase (components/title_generator.py); the same prompt text ending in `[LM]`, fused item vectors injected
+  (`input_embeddings`) and fed as ``inputs_embeds`` to the causal LM's ``generate`` with K beams / K returned
+  sequences, constrained by a `TitleTrie` of every item's tokenised name (" " + "Title (Year)", then EOS); each
+  finished beam maps back to its item id(s), duplicates merged, cut to K.
 
 Seen items (the user's train + valid interactions) are excluded on BOTH sides: the index through its
 ``exclude`` list, the beam search by pruning the trie per user (per-node live counts; a title whose
 items are all seen is unreachable), which costs O(seen items × title tokens) per user and is timed.
-Latency per user covers prompt encoding → K item ids; the index and the trie are built once, untimed.
-The two sides are timed interleaved (user 1 set-out, user 1 beam, user 2 set-out, ...), so the speed-up is a
-paired ratio that a drifting shared CPU does not bias.
-The model is trained on set-out targets only for next_item prompts; generating titles after `[LM]` was
-never trained for them, so the beam side's HR reflects the LM's prior, not a tuned generator.
-Writes ``<paths.metrics_dir>/bench_retrieval.json``.
+Latency per user covers prompt encoding → K item ids; the index, the trie and the switch between the two
+adapters are outside the timer. The two sides are timed interleaved (user 1 set-out, user 1 beam, user 2
+set-out, ...), so the speed-up is a paired ratio that a drifting shared CPU does not bias. Quality: HR@K and
+NDCG@K of the test item on both sides. Writes ``<paths.metrics_dir>/bench_retrieval.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from components.model.data import examples_file
 from components.model.inference import catalogue_index, recommend
 from components.model.prompting import encode_example
 from components.model.universal import UniversalRecModel
+from components.title_generator import ADAPTER, MODEL_ADAPTER, load_or_train
 
 
 class TitleTrie:
@@ -137,9 +137,10 @@ class RetrievalBenchmark(dict):
         s, b, k = self["set_out"], self["beam"], self["k"]
         return (f"benchmark retrieval ({self['users']} users of {self['template']}, K={k}, batch size 1):\n"
                 f"  set-out p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, {s['users_per_s']:.2f} users/s, "
-                f"HR@{k} {s[f'hr@{k}']:.3f}\n"
+                f"HR@{k} {s[f'hr@{k}']:.3f}, NDCG@{k} {s[f'ndcg@{k}']:.3f}\n"
                 f"  beam    p50 {b['p50_ms']:.1f} ms, p95 {b['p95_ms']:.1f} ms, {b['users_per_s']:.2f} users/s, "
-                f"HR@{k} {b[f'hr@{k}']:.3f}\n"
+                f"HR@{k} {b[f'hr@{k}']:.3f}, NDCG@{k} {b[f'ndcg@{k}']:.3f} (title adapter, "
+                f"{b['adapter']['steps']} steps)\n"
                 f"  speedup (beam p50 / set-out p50) {self['speedup_p50']:.1f}x")
 
 
@@ -157,13 +158,15 @@ def seen_items(params: Params) -> dict[int, list[int]]:
 
 
 def benchmark_rows(params: Params) -> list[dict]:
-    """The first `retrieval_users` test rows of `retrieval_template` (one row per user)."""
+    """One test row of `retrieval_template` for each of `retrieval_users` users drawn at random (seeded by `seed`)
+    from those who have one (all of them when fewer), in the seeded order."""
     cfg = params.benchmark
     frame = pd.read_parquet(examples_file(params.resolve(params.paths.examples_dir), "next_item", "test"))
     frame = frame[frame["template_id"] == cfg.retrieval_template].drop_duplicates("user_idx")
     if frame.empty:
         raise ValueError(f"benchmark.retrieval_template {cfg.retrieval_template!r}: no next_item test rows")
-    return frame.head(cfg.retrieval_users).to_dict("records")
+    order = np.random.default_rng(params.seed).permutation(len(frame))[: cfg.retrieval_users]
+    return frame.iloc[order].to_dict("records")
 
 
 @torch.inference_mode()
@@ -189,17 +192,21 @@ def beam_search_items(model: UniversalRecModel, batch: Batch, trie: TitleTrie, k
 
 
 def _timed_pairs(rows: list[dict], sides: Sequence[Callable[[dict], list[int]]], warmup: int,
-                 desc: str) -> list[tuple[list[list[int]], list[float]]]:
+                 desc: str, prepare: Sequence[Callable[[], None]] | None = None
+                 ) -> list[tuple[list[list[int]], list[float]]]:
     """Run every side on rows[:warmup] untimed, then on each row every side in turn, timed → per side
     (item lists, seconds per row). Interleaved per user, so both sides of a row run under the same machine
     state: a shared CPU's speed drifts by ~20 % over minutes (measured), which would bias a ratio of two
-    sides timed minutes apart."""
+    sides timed minutes apart. `prepare[i]` runs untimed before each call of side i (e.g. an adapter switch)."""
+    prepare = prepare or [lambda: None for _ in sides]
     for row in rows[:warmup]:
-        for fn in sides:
+        for ready, fn in zip(prepare, sides):
+            ready()
             fn(row)
     out: list[tuple[list[list[int]], list[float]]] = [([], []) for _ in sides]
     for row in tqdm(rows, desc=desc, leave=False, disable=None):
-        for fn, (results, seconds) in zip(sides, out):
+        for ready, fn, (results, seconds) in zip(prepare, sides, out):
+            ready()
             start = time.perf_counter()
             results.append(fn(row))
             seconds.append(time.perf_counter() - start)
@@ -209,9 +216,11 @@ def _timed_pairs(rows: list[dict], sides: Sequence[Callable[[dict], list[int]]],
 def _side(results: list[list[int]], seconds: list[float], targets: list[int], k: int) -> dict:
     ms = np.asarray(seconds) * 1000.0
     hits = [t in r[:k] for r, t in zip(results, targets)]
+    gains = [1.0 / np.log2(r[:k].index(t) + 2) if t in r[:k] else 0.0 for r, t in zip(results, targets)]
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean()), "users_per_s": len(ms) / float(np.sum(seconds)),
-            f"hr@{k}": float(np.mean(hits)), "users_with_fewer_than_k": sum(len(r) < k for r in results)}
+            f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(gains)),
+            "users_with_fewer_than_k": sum(len(r) < k for r in results)}
 
 
 def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
@@ -253,9 +262,13 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
         complete[str(row["example_id"])] = n_complete
         return items
 
+    generator = load_or_train(params, built, names)
+    llm = model.llm
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         (set_results, set_seconds), (beam_results, beam_seconds) = _timed_pairs(
-            rows, (set_out, beam), cfg.retrieval_warmup, "set-out + beam")
+            rows, (set_out, beam), cfg.retrieval_warmup, "set-out + beam",
+            prepare=(lambda: llm.set_adapter(MODEL_ADAPTER), lambda: llm.set_adapter(ADAPTER)))
+    llm.set_adapter(MODEL_ADAPTER)
     result = RetrievalBenchmark({
         "users": len(rows), "k": k, "template": cfg.retrieval_template, "warmup": cfg.retrieval_warmup,
         "threads": torch.get_num_threads(), "precision": params.train.precision,
@@ -267,8 +280,12 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
                  "max_new_tokens": cfg.retrieval_max_new_tokens, "longest_title_tokens": max(lengths),
                  "titles_longer_than_max_new_tokens": sum(n > cfg.retrieval_max_new_tokens for n in lengths),
                  "trie_build_s": trie_build_s,
-                 "complete_sequence_fraction": sum(complete.values()) / (len(complete) * k)},
-        "timing": "interleaved: each user's set-out then beam, back to back (warm-up users untimed)",
+                 "complete_sequence_fraction": sum(complete.values()) / (len(complete) * k),
+                 "adapter": {k_: v for k_, v in generator.items() if k_ != "curve"},
+                 "adapter_loss_curve": generator.get("curve", [])},
+        "timing": "interleaved: each user's set-out then beam, back to back (warm-up users untimed; the adapter "
+                  "switch before each side untimed)",
+        "users_sample": f"a random subset (seed {params.seed}) of the users with a {cfg.retrieval_template} test row",
         "seen_items": "excluded on both sides (train + valid items of the user): set-out via the index "
                       "exclude list, beam by pruning the title trie per user (timed)",
         "sample": {"user_idx": int(rows[0]["user_idx"]), "target": names[targets[0]],

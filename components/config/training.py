@@ -109,6 +109,8 @@ class BenchmarkParams(_Strict):
     retrieval_template: str
     retrieval_warmup: int = Field(ge=0)
     retrieval_max_new_tokens: int = Field(ge=2)
+    generator_steps: int | None = Field(default=None, ge=1)
+    generator_dir: str
     serving_requests: int = Field(ge=1)
     serving_bad_fraction: float = Field(ge=0.0, le=1.0)
     serving_warmup: int = Field(ge=0)

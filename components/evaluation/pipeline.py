@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -30,7 +31,7 @@ from components.evaluation.scoring import (MetricContext, by_kind, by_template, 
                                            task_metrics)
 from components.evaluation.tracking import log_evaluation, open_run
 from components.evaluation.scoreboard import best_experts, scoreboard, seen_rows
-from components.evaluation.universal import SET_OUT_TASKS, predict_views
+from components.evaluation.universal import SET_OUT_TASKS, needs_decoder, predict_views
 from components.model.ablations import FULL, SHARES_DECODER, ablation
 from components.model.inference import InferenceConfig, catalogue_vectors
 
@@ -161,7 +162,7 @@ def run_model(built, data: EvalData, cfg: InferenceConfig, ablations: list[str]
     for task in (t for t in TASKS if t in data.frames):
         views = {n: v for n, v in vectors.items() if n == FULL or task in ABLATED_TASKS}
         t0 = time.perf_counter()
-        out = predict_views(model, tokenizer, spec, task, data, views, cfg)
+        out = _predict_full_and_shared(model, tokenizer, spec, task, data, views, cfg)
         rows[task] = out.pop(FULL)
         seconds["model"][task] = time.perf_counter() - t0
         log.info("evaluate %s: %d rows (+ %s) in %.1f s", task, len(rows[task]), list(out), seconds["model"][task])
@@ -176,6 +177,25 @@ def run_model(built, data: EvalData, cfg: InferenceConfig, ablations: list[str]
                                                 frame=seen_rows(data.frames[task]))[name]
         seconds["ablations"][task] = time.perf_counter() - t0
     return rows, ablated, seconds
+
+
+def _predict_full_and_shared(model, tokenizer, spec, task: str, data: EvalData, views: dict[str, torch.Tensor],
+                             cfg: InferenceConfig) -> dict[str, pd.DataFrame]:
+    """`predict_views` of the full model on all rows and of the decoder-sharing ablations, which are read on the
+    seen-template rows only. When the full model reads no decoder state (a set-out task at gate 0) but an ablation
+    does (`history_off`), only the seen rows run the decoder: the unseen rows are answered without it (the same
+    outputs, `needs_decoder`), so a gate-0 task costs one decoder pass over half its rows, not all of them."""
+    frame = data.frames[task]
+    if len(views) == 1 or task not in SET_OUT_TASKS or needs_decoder(model, task, {FULL: views[FULL]}) \
+            or not needs_decoder(model, task, views):
+        return predict_views(model, tokenizer, spec, task, data, views, cfg)
+    seen = (frame["template_kind"] == "seen").to_numpy()
+    on_seen = predict_views(model, tokenizer, spec, task, data, views, cfg, frame=frame[seen])
+    unseen = predict_views(model, tokenizer, spec, task, data, {FULL: views[FULL]}, cfg, frame=frame[~seen])[FULL]
+    order = np.concatenate([np.flatnonzero(seen), np.flatnonzero(~seen)])
+    full = pd.concat([on_seen.pop(FULL), unseen], ignore_index=True)
+    full.index = order
+    return {FULL: full.sort_index().reset_index(drop=True), **on_seen}
 
 
 def _validation_data(params: Params) -> EvalData:
@@ -221,7 +241,8 @@ def evaluate(params: Params) -> EvalReport:
                           "autocast_bf16": cfg.autocast_bf16,
                           "shared_prefix": cfg.shared_prefix, "max_new_tokens": cfg.max_new_tokens,
                           "threads": torch.get_num_threads(),
-                          "generation": "greedy after [LM], batched (left padding), float32"},
+                          "generation": "greedy after [LM], batched (left padding), "
+                                        + ("bf16 autocast" if cfg.autocast_bf16 else "float32")},
             "bootstrap": {"resamples": cfg.bootstrap_resamples, "seed": params.seed + cfg.bootstrap_seed_offset},
             "wall_seconds": {"load": loaded - start, **seconds, "baselines": baseline_s, "bootstrap": bootstrap_s}}
     payload = build_payload(params.dataset.name, data, model_rows, expert, ctx, meta)

@@ -4,6 +4,7 @@ comparisons, ablations, validation-chosen best expert and per-user files (recomp
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -15,10 +16,11 @@ import torch.nn.functional as F
 
 from components.config import TASKS, load_params
 from components.evaluation.bootstrap import UserScores, comparison, statistic
-from components.evaluation.pipeline import ABLATED_TASKS, run_model
+from components.evaluation.pipeline import ABLATED_TASKS, _view_vectors, run_model
+from components.evaluation.scoreboard import seen_rows
 from components.evaluation.rows import load_eval_data
 from components.evaluation.scoring import MetricContext, headline_metric, task_metrics
-from components.model.ablations import ABLATIONS, ablation
+from components.model.ablations import ABLATIONS, FULL, ablation
 from components.model.batching import collate
 from components.model.build import load_trained
 from components.model.inference import InferenceConfig, decoder_states
@@ -202,7 +204,6 @@ def test_a_gate_0_task_skips_the_decoder_with_the_same_rows(evaluated, built, mo
     cfg = InferenceConfig(8, 10, 1, False)
     held = model.user_head.task_gate.clone()
     from components.evaluation import universal
-    from components.model.ablations import FULL
     from components.model.inference import catalogue_vectors
 
     try:
@@ -218,3 +219,37 @@ def test_a_gate_0_task_skips_the_decoder_with_the_same_rows(evaluated, built, mo
     assert ran["rank"].tolist() == skipped["rank"].tolist()
     ctx = MetricContext(ks=(10,), top_k=10, tail_items=frozenset(), genres=(), mask_format="[MASK_{k}]")
     assert task_metrics("query", ran, ctx) == task_metrics("query", skipped, ctx)
+
+
+def test_a_gate_0_task_runs_the_decoder_on_the_seen_rows_only_for_history_off(evaluated, built, monkeypatch) -> None:
+    """At gate 0 the full model reads no decoder state; `history_off` does, and it is read on the seen rows only:
+    the decoder sees exactly the seen rows, and the full rows (all templates) and the ablated ones are unchanged."""
+    params, _ = evaluated
+    model = built.model
+    data = load_eval_data(params)
+    data = dataclasses.replace(data, frames={"query": data.frames["query"]})
+    cfg = InferenceConfig(8, 10, 1, False)
+    held = model.user_head.task_gate.clone()
+    from components.evaluation import universal
+
+    decoded: list[int] = []
+    real = universal.decoder_states
+
+    def counting(model_, batch, cfg_):
+        decoded.append(int(batch.input_ids.shape[0]))
+        return real(model_, batch, cfg_)
+
+    try:
+        model.user_head.set_task_gates({"query": 0.0})
+        views = {name: _view_vectors(model, name) for name in (FULL, "llm_off", "history_off")}
+        reference = universal.predict_views(model, built.backbone.tokenizer, built.spec, "query", data, views, cfg)
+        monkeypatch.setattr(universal, "decoder_states", counting)
+        rows, ablated, _ = run_model(built, data, cfg, ["llm_off", "history_off"])
+    finally:
+        model.user_head.task_gate.copy_(held)
+    frame = data.frames["query"]
+    assert sum(decoded) == int((frame["template_kind"] == "seen").sum()) < len(frame)
+    assert rows["query"][["user_idx", "template_id"]].equals(frame[["user_idx", "template_id"]].reset_index(drop=True))
+    assert rows["query"]["rank"].tolist() == reference[FULL]["rank"].tolist()
+    for name in ("llm_off", "history_off"):
+        assert ablated[name]["query"]["rank"].tolist() == seen_rows(reference[name])["rank"].tolist()
