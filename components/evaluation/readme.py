@@ -84,9 +84,14 @@ def results_table(payload: dict[str, Any], bench: dict[str, Any] | None = None,
                      + f", peak RSS {train.get('peak_rss_gib', float('nan')):.2f} GiB.")
     if bench and "speedup_p50" in bench:
         so, beam = bench.get("set_out", {}), bench.get("beam", {})
+        k = bench.get("k")
+        quality = "".join(f", {m} {so[m]:.3f} vs {beam[m]:.3f}" for m in (f"hr@{k}", f"ndcg@{k}")
+                          if m in so and m in beam)
+        generator = " (a title-generation LoRA adapter)" if "adapter" in beam else ""
         notes.append(f"Retrieval benchmark (`unirec benchmark retrieval`, {bench.get('users')} users, K = "
-                     f"{bench.get('k')}): set-out p50 {so.get('p50_ms', float('nan')):.1f} ms vs beam search "
-                     f"{beam.get('p50_ms', float('nan')):.1f} ms ({bench['speedup_p50']:.1f}×).")
+                     f"{k}): set-out p50 {so.get('p50_ms', float('nan')):.1f} ms vs trie-constrained beam search"
+                     f"{generator} {beam.get('p50_ms', float('nan')):.1f} ms ({bench['speedup_p50']:.1f}×)"
+                     f"{quality}.")
     return "\n".join(lines) + "\n\n" + " ".join(n for n in notes if n)
 
 
