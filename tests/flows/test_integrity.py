@@ -21,7 +21,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.artifacts import ArtifactError
+from components.baselines.store import BASELINE_FILES, load_baselines
 from components.indexing import load_item_index
+from components.manifest import write_manifest
 from components.model.index import FaissIndex
 from components.registry import register_model
 from components.registry.store import RegistryError
@@ -137,8 +139,6 @@ def test_register_refuses_a_changed_model_file_and_logs_nothing(stack: Stack, tm
 # ------------------------------------------------------------------------------------------ (b) the experts
 def _experts(stack: Stack, folder: Path) -> Path:
     """A baselines folder with every expert file name: a real popularity vector and chosen.json, the others empty."""
-    from components.evaluation.pipeline import BASELINE_FILES
-
     folder.mkdir(parents=True)
     n_items = len(pd.read_parquet(stack.project / "data" / "canonical" / "id_maps" / "items.parquet"))
     for name in BASELINE_FILES:
@@ -163,10 +163,7 @@ def test_evaluate_verifies_every_expert_file_before_the_model_runs(
     with pytest.raises(ArtifactError, match=r"baselines/MANIFEST\.json: not found: run `unirec baselines` first"):
         evaluate(params)
 
-    from components.baselines import load_baselines
-    from components.manifest import write_manifest
-
-    write_manifest(experts, [experts / n for n in pipeline.BASELINE_FILES], "baselines")
+    write_manifest(experts, [experts / n for n in BASELINE_FILES], "baselines")
     np.save(experts / "popularity.npy", np.arange(len(np.load(experts / "popularity.npy"))))  # readable, wrong
     changed = r"popularity\.npy: sha256 mismatch with .*re-run `unirec baselines`"
     with pytest.raises(ArtifactError, match=changed):
