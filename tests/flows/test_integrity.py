@@ -136,6 +136,19 @@ def test_register_refuses_a_changed_model_file_and_logs_nothing(stack: Stack, tm
     assert _store(stack) == before and _versions(stack, params.registry.model_name) == 0
 
 
+def test_a_bundle_registered_before_manifests_is_refused_with_a_clear_line(stack: Stack, tmp_path: Path) -> None:
+    from components.registry.bundle import build_bundle
+    from components.registry.engine import Recommender
+
+    bundle = build_bundle(stack.params(tmp_path), tmp_path / "bundle")
+    assert (bundle / "model" / "MANIFEST.json").is_file() and (bundle / "index" / "MANIFEST.json").is_file()
+    assert (bundle / "data" / "embeddings" / "MANIFEST.json").is_file()
+    (bundle / "model" / "MANIFEST.json").unlink()
+    with pytest.raises(ArtifactError, match=r"bundle: registered before model files carried their sha256 "
+                                            r"\(MANIFEST\.json\), so they cannot be verified: train and register"):
+        Recommender.load(bundle)
+
+
 # ------------------------------------------------------------------------------------------ (b) the experts
 def _experts(stack: Stack, folder: Path) -> Path:
     """A baselines folder with every expert file name: a real popularity vector and chosen.json, the others empty."""
