@@ -13,7 +13,9 @@ Outputs (``embed_items.out_dir``, replaced as a whole):
   from the training split only (components/collab.py);
 * ``neighbours.npy`` float32 (n_items, neighbours.rank) when ``embed_items.neighbours.enabled``: the
   item-neighbourhood factors of ``model.item_neighbours``, from the training split only;
-* ``meta.json``: encoder, backbone source, layers, dim per modality, n_items, seconds.
+* ``meta.json``: encoder, backbone source, layers, dim per modality, n_items, seconds;
+* ``MANIFEST.json``: the sha256 of every file above (components/manifest.py), which the model and the experts check
+  before they read a table.
 
 Batching: items sorted by token length (stable), each forward pass as many consecutive items as fit
 ``embed_items.batch_tokens`` padded tokens, at most ``embed_items.batch_size`` (`inference.token_buckets`): the batch
@@ -41,6 +43,7 @@ from tqdm import tqdm
 from components.artifacts import read_parquet
 from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE, collaborative_vectors, neighbour_factors
 from components.config import Params
+from components.manifest import write_manifest
 from components.model.inference import token_buckets
 from components.tables import id_map_path
 
@@ -247,6 +250,7 @@ def embed_items(params: Params, progress: bool = True) -> EmbedItemsReport:
             "dims": dims, "n_items": n, "dtype": "float32", "seconds": round(report.seconds, 2),
             "throughput": {k: round(v, 2) for k, v in throughput.items()}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_manifest(tmp, [tmp], "embed-items")
     _replace_dir(tmp, out)
     return report
 

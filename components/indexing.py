@@ -6,7 +6,11 @@ builds ``index.kind`` (flat | ivf | hnsw, inner product) with `components.model.
 
 * ``items.faiss`` — the index (vectors and search knobs included; `FaissIndex.load` reads it back);
 * ``meta.json`` — kind, n_items, dim, the faiss index description, the build/search knobs and the sha256 of
-  the source vectors, which ties the index to one trained model (`load_item_index` checks it).
+  the source vectors, which ties the index to one trained model (`load_item_index` checks it);
+* ``MANIFEST.json`` — the sha256 of the two files above (components/manifest.py): `load_item_index` checks the
+  index file itself before reading it, so an index whose vector rows were overwritten is refused.
+
+The source vectors are checked against train's manifest before the index is built.
 
 Deterministic (no timings in meta.json), so an unchanged model gives byte-identical outputs. Kind ``torch``
 is the in-memory exact index of the tests and is refused here: the step exists to write a faiss file.
@@ -25,6 +29,7 @@ import numpy as np
 
 from components.artifacts import load_npy, read_json, reading
 from components.config import IndexParams, Params
+from components.manifest import verify_manifest, write_manifest
 from components.utils import sha256_of
 from components.model.index import FaissIndex, build_index
 
@@ -60,6 +65,7 @@ class IndexReport:
 def _load_vectors(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no item vectors; run `unirec train` first")
+    verify_manifest(path.parent, "train", [path.name])
     vectors = load_npy(path, "train")
     if vectors.ndim != 2 or vectors.shape[0] == 0 or not np.isfinite(vectors).all():
         raise ItemIndexError(f"{path}: item vectors must be a finite (N, D) array with N >= 1, got {vectors.shape}")
@@ -97,6 +103,7 @@ def build_item_index(params: Params) -> IndexReport:
             "params": cfg.model_dump(exclude={"out_dir"}), "source": VECTORS_FILE, "vectors_sha256": digest,
             "faiss_version": faiss.__version__}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_manifest(tmp, [tmp / INDEX_FILE, tmp / META_FILE], "index")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return IndexReport(kind=cfg.kind, n_items=meta["n_items"], dim=meta["dim"], out_dir=str(cfg.out_dir),
@@ -105,12 +112,14 @@ def build_item_index(params: Params) -> IndexReport:
 
 
 def load_item_index(folder: Path, vectors_file: Path, params: IndexParams) -> FaissIndex:
-    """Read `<folder>/items.faiss` and check that it indexes exactly `vectors_file` (sha256 and shape).
+    """Read `<folder>/items.faiss` and check that it indexes exactly `vectors_file` (sha256 and shape); the index
+    and meta.json are checked against the folder's manifest first.
 
     `params` supplies the query-time knobs (IVF nprobe, HNSW efSearch)."""
     meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
     if not meta_path.is_file() or not index_path.is_file():
         raise FileNotFoundError(f"{folder}: no faiss index ({INDEX_FILE} + {META_FILE}); run `unirec index` first")
+    verify_manifest(folder, "index", [INDEX_FILE, META_FILE])
     meta = read_json(meta_path, "index")
     digest = sha256_of(vectors_file)
     if meta.get("vectors_sha256") != digest:

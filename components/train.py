@@ -272,7 +272,7 @@ def train(params: Params, built: Built | None = None, callbacks: list[L.Callback
         # the folder holds our own bookkeeping (fingerprint.txt, mlflow_run_id.txt) and, when resuming, this very
         # configuration's last.ckpt; checkpoints of any other configuration were removed by _resume_point
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(lit, datamodule=data, ckpt_path=resume)
+        trainer.fit(lit, datamodule=data, ckpt_path=resume, weights_only=True)  # tensors and plain containers only
     report = TrainReport(steps=int(trainer.global_step), losses=curve_summary(monitor.curves),
                          throughput=monitor.summary(), peak_rss_gib=peak_rss_gib(),
                          wall_seconds=time.perf_counter() - start, parameters=trainable_summary(built.model),

@@ -7,10 +7,11 @@ Experts (the names `unirec evaluate` reports them under are in `components/evalu
 * rating: `mf` (tuned biased MF, mf.py), `rating_knn`, `rating_recency` (rating.py);
 * CTR: `ctr` (logistic regression on crosses, ctr.py), `ctr_gbdt` (gradient-boosted trees, ctr_gbdt.py).
 
-`train_baselines(params)` reads only the train and valid split files (inputs.py), writes the weights and the
-chosen configurations (`chosen.json`) to `baselines.out_dir` and, per expert, the grid with each configuration's
-validation figure, the chosen configuration, epochs, validation curve, wall time and validation figures to
-`baselines.metrics_file`. No test figure is computed here: `unirec evaluate` is the one reader of the test split.
+`train_baselines(params)` reads only the train and valid split files (inputs.py), writes the weights, the
+chosen configurations (`chosen.json`) and their sha256 (`MANIFEST.json`) to `baselines.out_dir` and, per expert,
+the grid with each configuration's validation figure, the chosen configuration, epochs, validation curve, wall time
+and validation figures to `baselines.metrics_file`. No test figure is computed here: `unirec evaluate` is the one
+reader of the test split.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from components.baselines.query import Bm25Index, QueryExperts, query_rows, tune
 from components.baselines.rating import RatingTable, errors_of, tune_rating_knn, tune_rating_recency
 from components.baselines.sasrec import fit_sasrec
 from components.baselines.sasrec_tuning import tune_sasrec
-from components.baselines.store import CHOSEN_FILE, load_baselines, save_torch
+from components.baselines.store import BASELINE_FILES, CHOSEN_FILE, load_baselines, save_torch
 from components.config import Params
+from components.manifest import write_manifest
 from components.evaluation.ranking import NextItemScorer, evaluate_scorer, next_item_task
 from components.split import load_split_frame
 
@@ -201,5 +203,6 @@ def train_baselines(params: Params) -> BaselinesReport:
     for rec in report.models.values():
         rec.setdefault("chosen", None)
     (out / CHOSEN_FILE).write_text(json.dumps(trainer.chosen, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_manifest(out, [out / name for name in BASELINE_FILES], "baselines")
     write()
     return report

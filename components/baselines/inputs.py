@@ -17,9 +17,11 @@ from components.baselines.content import unit_rows
 from components.baselines.ctr import genre_matrix
 from components.baselines.ctr_features import ItemUserTables, user_attributes
 from components.baselines.knn import co_counts
+from components.artifacts import load_npy
 from components.baselines.rating import RatingTable
 from components.config import Params
 from components.evaluation.ranking import SplitData, load_split_data
+from components.manifest import verify_manifest
 from components.tables import table_path
 from components.textualize.registry import load_registry
 from components.textualize.text import item_tables
@@ -70,7 +72,8 @@ def text_embeddings(params: Params) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `unirec embed-items` first (the content and CTR experts "
                                 f"read the frozen text embeddings)")
-    return np.load(path)
+    verify_manifest(path.parent, "embed-items", [path.name])
+    return load_npy(path, "embed-items")
 
 
 def load_inputs(params: Params) -> ExpertInputs:

@@ -2,8 +2,10 @@
 
 `baselines.out_dir` holds the learned weights (`popularity.npy`, `sasrec.pt`, `sasrec_recbole.pt`, `mf.pt`,
 `ctr.pt`, `ctr_gbdt.pkl`), the BM25 documents (`bm25_texts.json`) and the configuration chosen on validation for
-every tuned expert (`chosen.json`). The closed-form experts (item_knn, content, rating_knn, rating_recency) are
-rebuilt from the train split with their chosen configuration; every expert reads train + valid, never test.
+every tuned expert (`chosen.json`), and `MANIFEST.json` with the sha256 of each of these `BASELINE_FILES`
+(components/manifest.py), which `verify_baselines` checks before any expert is loaded. The closed-form experts
+(item_knn, content, rating_knn, rating_recency) are rebuilt from the train split with their chosen configuration;
+every expert reads train + valid, never test.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from torch import nn
 
 from components.artifacts import missing, reading, torch_load
 from components.config import MfParams, Params, SasrecParams
+from components.manifest import verify_manifest
 
 CHOSEN_FILE = "chosen.json"
+BASELINE_FILES = ("popularity.npy", "sasrec.pt", "sasrec_recbole.pt", "mf.pt", "ctr.pt", "ctr_gbdt.pkl",
+                  "bm25_texts.json", CHOSEN_FILE)
+"""Every file `unirec baselines` writes to `baselines.out_dir` (and records in its manifest)."""
 
 
 def save_torch(model: nn.Module, path: Path) -> None:
@@ -34,9 +40,19 @@ def read_chosen(out: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
 
 
+def verify_baselines(params: Params) -> Path:
+    """Check every expert file of `baselines.out_dir` against the sha256 `unirec baselines` recorded; → the folder."""
+    out = params.resolve(params.baselines.out_dir)
+    absent = [n for n in BASELINE_FILES if not (out / n).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{out}: missing baseline weights {absent}; run `unirec baselines` first")
+    verify_manifest(out, "baselines", BASELINE_FILES)
+    return out
+
+
 def load_baselines(params: Params) -> dict[str, Any]:
     """Every trained expert, ready to score (eval mode): popularity, sasrec, sasrec_recbole, item_knn, query,
-    content, mf, rating_knn, rating_recency, ctr, ctr_gbdt."""
+    content, mf, rating_knn, rating_recency, ctr, ctr_gbdt. Every file is checked (sha256) before any is read."""
     from components.baselines.content import ContentCentroid
     from components.baselines.ctr import LogisticCrosses
     from components.baselines.ctr_gbdt import GbdtCtr
@@ -48,7 +64,7 @@ def load_baselines(params: Params) -> dict[str, Any]:
     from components.baselines.rating import build_rating_knn, item_biases, RatingRecency
     from components.baselines.sasrec import SASRec
 
-    cfg, out = params.baselines, params.resolve(params.baselines.out_dir)
+    cfg, out = params.baselines, verify_baselines(params)
     chosen, inputs = read_chosen(out), load_inputs(params)
     data, rating_range = inputs.data, inputs.rating_range
     models: dict[str, Any] = {"popularity": Popularity.load(out / "popularity.npy")}

@@ -32,6 +32,7 @@ from components.evaluation.scoring import (MetricContext, by_kind, by_template, 
 from components.evaluation.tracking import log_evaluation, open_run
 from components.evaluation.scoreboard import best_experts, scoreboard, seen_rows
 from components.evaluation.universal import SET_OUT_TASKS, needs_decoder, predict_views
+from components.manifest import verify_manifest
 from components.model.ablations import FULL, SHARES_DECODER, ablation
 from components.model.inference import InferenceConfig, catalogue_vectors
 
@@ -42,8 +43,6 @@ __all__ = ["EvalReport", "evaluate", "build_payload"]
 ABLATED_TASKS = (*SET_OUT_TASKS, "ctr", "rating")
 """Tasks the ablations are measured on (every set-out task, ctr, rating)."""
 
-BASELINE_FILES = ("popularity.npy", "sasrec.pt", "sasrec_recbole.pt", "mf.pt", "ctr.pt", "ctr_gbdt.pkl", "bm25_texts.json",
-                  "chosen.json")
 CONVENTIONS = {
     "ranking": "full ranking over all items; the user's earlier items (train, + valid for the test split) excluded "
                "except the target; ties pessimistic (the target ranks below every item with an equal score)",
@@ -132,16 +131,17 @@ def build_payload(dataset: str, data: EvalData, model_rows: dict[str, pd.DataFra
 
 
 def _check_inputs(params: Params) -> None:
+    """Every model and expert file present and unchanged (sha256 against its step's manifest), before any work."""
+    from components.baselines.store import verify_baselines
+
     model_dir = params.resolve(params.train.out_dir)
     if not (model_dir / "modules.safetensors").is_file():
         raise FileNotFoundError(f"{model_dir}: no trained model (modules.safetensors); run `unirec train` first")
     gates = params.resolve(params.select_gates.out_file)
     if not gates.is_file():
         raise FileNotFoundError(f"{gates}: no gates file; run `unirec select-gates` first")
-    out = params.resolve(params.baselines.out_dir)
-    missing = [n for n in BASELINE_FILES if not (out / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{out}: missing baseline weights {missing}; run `unirec baselines` first")
+    verify_manifest(model_dir, "train")
+    verify_baselines(params)
 
 
 def _view_vectors(model, name: str) -> torch.Tensor:
@@ -217,7 +217,7 @@ def evaluate(params: Params) -> EvalReport:
     torch.manual_seed(params.seed + cfg.seed_offset)
     data = load_eval_data(params)
     built = load_trained(params, gates_file=params.resolve(params.select_gates.out_file))
-    experts = load_baselines(params)  # before the model's predictions: an unreadable expert file fails at once
+    experts = load_baselines(params)  # before the model's predictions (every file's sha256 was checked above)
     loaded = time.perf_counter()
     ctx = MetricContext(ks=tuple(cfg.ks), top_k=cfg.top_k, tail_items=frozenset(int(i) for i in data.tail_items),
                         genres=data.genres, mask_format=data.mask_format)

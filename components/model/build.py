@@ -6,7 +6,9 @@ Frozen: the backbone weights and the item text (and extra-modality) embeddings.
 
 Artefacts (``train.out_dir``): ``adapter/`` (PEFT ``save_pretrained``: adapter_config.json +
 adapter_model.safetensors), ``modules.safetensors`` (fusion, heads, special-token embedding rows),
-``item_vectors.npy`` (output item vectors of the whole catalogue, eval mode) and ``model.json``.
+``item_vectors.npy`` (output item vectors of the whole catalogue, eval mode), ``model.json`` and ``MANIFEST.json``
+(the sha256 of each of them, components/manifest.py). `load_trained` checks every recorded file, and the frozen item
+tables it reads against embed-items' manifest, before it loads the backbone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from safetensors.torch import save_file
 from components.artifacts import load_npy, load_safetensors, reading
 from components.collab import COLLAB_MODALITY, NEIGHBOURS_FILE
 from components.config import Params
+from components.manifest import verify_manifest, write_manifest
 from components.model.backbone import Backbone, load_backbone
 from components.model.fusion import ItemFusion
 from components.model.heads import ItemProjection, SetQueryHead
@@ -65,6 +68,7 @@ def load_modalities(params: Params) -> dict[str, torch.Tensor]:
     missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {missing}.npy; run `unirec embed-items` first")
+    verify_manifest(folder, "embed-items", [f"{n}.npy" for n in names])
     return {n: torch.from_numpy(load_npy(folder / f"{n}.npy", "embed-items").astype(np.float32)) for n in names}
 
 
@@ -77,6 +81,7 @@ def load_neighbours(params: Params, n_items: int) -> ItemNeighbours | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; model.item_neighbours needs it, run `unirec embed-items` "
                                 "with embed_items.neighbours.enabled: true")
+    verify_manifest(path.parent, "embed-items", [path.name])
     factors = torch.from_numpy(load_npy(path, "embed-items").astype(np.float32))
     if factors.shape[0] != n_items:
         raise ValueError(f"{path}: {factors.shape[0]} rows for {n_items} items; re-run `unirec embed-items`")
@@ -89,11 +94,23 @@ def token_embedding_rms(llm: torch.nn.Module) -> float:
     return float(table.float().pow(2).mean().sqrt())
 
 
-def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bool = True) -> Built:
-    """Backbone (+ fresh LoRA when `apply_lora`) + fusion + heads, ready to train; special-token rows trainable."""
-    torch.manual_seed(params.seed + params.train.seed_offset)
-    backbone = backbone or load_backbone(params)
+ItemTables = tuple[dict[str, torch.Tensor], ItemNeighbours | None]
+"""The frozen item tables a model reads: modality name → `(N, d_m)`, and the item-neighbourhood term (or None)."""
+
+
+def item_tables(params: Params) -> ItemTables:
+    """`load_modalities` and `load_neighbours` (their files checked against embed-items' manifest)."""
     modalities = load_modalities(params)
+    return modalities, load_neighbours(params, next(iter(modalities.values())).shape[0])
+
+
+def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bool = True,
+                tables: ItemTables | None = None) -> Built:
+    """Backbone (+ fresh LoRA when `apply_lora`) + fusion + heads, ready to train; special-token rows trainable.
+    The item tables (`tables`, else read and checked here) come before the backbone: a changed file fails first."""
+    torch.manual_seed(params.seed + params.train.seed_offset)
+    modalities, neighbours = tables or item_tables(params)
+    backbone = backbone or load_backbone(params)
     n_items = next(iter(modalities.values())).shape[0]
     id_known, log_prob, mean_rating = item_statistics(params, n_items)
     llm = backbone.model
@@ -110,7 +127,6 @@ def build_model(params: Params, backbone: Backbone | None = None, apply_lora: bo
     h = backbone.hidden_size
     spec = make_spec(backbone.tokenizer, backbone.special_ids, params.model.num_user_tokens,
                      params.train.max_prompt_tokens, params.train.max_target_tokens)
-    neighbours = load_neighbours(params, n_items)
     model = UniversalRecModel(
         llm=llm,
         fusion=ItemFusion.from_params(params.model, modalities, n_items, h, id_known,
@@ -140,7 +156,8 @@ def module_state(model: UniversalRecModel) -> dict[str, torch.Tensor]:
 
 
 def save_artifacts(built: Built, params: Params, out_dir: Path) -> dict[str, str]:
-    """Write adapter, modules, item vectors and model.json under `out_dir`; returns the file map."""
+    """Write adapter, modules, item vectors, model.json and their MANIFEST.json under `out_dir`; returns the file
+    map."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = built.model
     files = {"modules": str(out_dir / "modules.safetensors"), "item_vectors": str(out_dir / "item_vectors.npy")}
@@ -158,6 +175,7 @@ def save_artifacts(built: Built, params: Params, out_dir: Path) -> dict[str, str
             "special_ids": built.backbone.special_ids, "lora": params.lora.model_dump(),
             "n_items": model.n_items, "retrieval_dim": params.model.retrieval_dim}
     (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_manifest(out_dir, [Path(f) for f in files.values()] + [out_dir / "model.json"], "train")
     return files
 
 
@@ -176,14 +194,17 @@ def read_gates(path: Path) -> dict[str, float]:
 
 def load_trained(params: Params, out_dir: Path | None = None, gates_file: Path | None = None) -> Built:
     """Rebuild the model from params and load the saved artefacts (inverse of `save_artifacts`); with
-    `gates_file` (`select_gates.out_file`) the chosen per-task hidden-state gates are applied, else every gate is 1."""
+    `gates_file` (`select_gates.out_file`) the chosen per-task hidden-state gates are applied, else every gate is 1.
+    Every file of `out_dir`'s manifest and the item tables are checked (sha256) before the backbone loads."""
     out_dir = out_dir or params.resolve(params.train.out_dir)
     if not (out_dir / "modules.safetensors").is_file():
         raise FileNotFoundError(f"{out_dir}: no trained model (modules.safetensors); run `unirec train` first")
+    verify_manifest(out_dir, "train")
+    tables = item_tables(params)
     backbone = load_backbone(params)
     if not params.lora.enabled:
         backbone.model = type(backbone.model).from_pretrained(out_dir / "backbone_full")
-    built = build_model(params, backbone, apply_lora=False)
+    built = build_model(params, backbone, apply_lora=False, tables=tables)
     if params.lora.enabled:
         with reading(out_dir / "adapter", "train"):
             built.model.llm = PeftModel.from_pretrained(backbone.model, out_dir / "adapter")

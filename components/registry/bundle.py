@@ -19,6 +19,10 @@ The backbone weights are NOT copied (SmolLM2's cache is 517 MB): `backbone.json`
 folder (`backbone.cache_dir` for gguf, `backbone.hf_dir` for hf_dir) and the sha256 of its weight,
 config and tokenizer files; `verify_backbone` checks them before loading. The tiny test backbone
 (`backbone.source: tiny`) is rebuilt from params (seeded), so it references nothing.
+
+`verify_sources` checks, before anything is copied or logged, the model, index and item-table files against the
+sha256 their steps recorded (components/manifest.py), and that the index was built from this model's item vectors;
+the manifests travel in the bundle, so the served model checks its copies again when it loads.
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ from typing import Any
 
 import yaml
 
+from components.artifacts import ArtifactError, read_json
 from components.config import Params
+from components.indexing import META_FILE, VECTORS_FILE
+from components.manifest import MANIFEST_FILE, recorded, verify_manifest
 from components.utils import sha256_of
 from components.tables import id_map_path, table_path
 
 BACKBONE_FILE = "backbone.json"
 BACKBONE_PATTERNS = ("*.safetensors", "*.json", "*.jinja")
-EMBEDDING_PATTERNS = ("*.npy", "meta.json")
+EMBEDDING_PATTERNS = ("*.npy", "meta.json", MANIFEST_FILE)
 SPLIT_FILES = ("train", "valid", "cold", "cold_items")
 EXAMPLE_FILES = ("user_text.parquet",)
 INDEPENDENT_SECTIONS = ("paths", "fetch", "mlflow", "benchmark", "baselines", "evaluate", "orchestration")
@@ -85,6 +92,21 @@ def verify_backbone(bundle: Path, params: Params) -> None:
         if sha256_of(path) != digest:
             raise BundleError(f"{path}: sha256 differs from the one recorded at registration ({digest[:12]}): the "
                               "backbone changed since the model was registered")
+
+
+def verify_sources(params: Params) -> None:
+    """The trained model, its index and the item tables unchanged since their steps wrote them (sha256 against each
+    folder's manifest), the index built from exactly this model's item vectors; `ArtifactError` naming the file."""
+    model_dir, index_dir = params.resolve(params.train.out_dir), params.resolve(params.index.out_dir)
+    verify_manifest(model_dir, "train")
+    verify_manifest(index_dir, "index")
+    verify_manifest(params.resolve(params.embed_items.out_dir), "embed-items")
+    built_from = read_json(index_dir / META_FILE, "index").get("vectors_sha256")
+    vectors = recorded(model_dir, "train").get(VECTORS_FILE)
+    if built_from != vectors:
+        raise ArtifactError(f"{index_dir / META_FILE}: the index was built from item vectors with sha256 "
+                            f"{str(built_from)[:12]}, but {model_dir / VECTORS_FILE} has {str(vectors)[:12]}: "
+                            "re-run `unirec index` after training")
 
 
 def bundle_params(params: Params) -> dict[str, Any]:

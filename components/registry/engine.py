@@ -34,10 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.artifacts import load_npy
+from components.artifacts import ArtifactError, load_npy
 from components.config import Params, load_params
 from components.model.inference import generate_batch, length_buckets
 from components.indexing import load_item_index
+from components.manifest import MANIFEST_FILE
 from components.model.batching import Batch, collate
 from components.model.build import Built, load_trained
 from components.model.index import CandidateIndex, TorchIndex, score_candidate_lists
@@ -78,6 +79,9 @@ class Recommender:
         """Load `bundle` (a directory written by `bundle.build_bundle`; its params.yaml is relative to it)."""
         start = time.perf_counter()
         params = load_params(bundle / "params.yaml")
+        if not (params.resolve(params.train.out_dir) / MANIFEST_FILE).is_file():  # load_trained would say: train
+            raise ArtifactError(f"{bundle}: registered before model files carried their sha256 ({MANIFEST_FILE}), "
+                                "so they cannot be verified: train and register the model again")
         verify_backbone(bundle, params)
         if params.registry.serving.num_threads:
             torch.set_num_threads(params.registry.serving.num_threads)

@@ -1,16 +1,21 @@
 """Step `register`: log the trained, indexed, evaluated model as an MLflow pyfunc and register a version.
 
+First, before anything is copied or logged, the model, index and item-table files are checked against the sha256
+their steps recorded (`bundle.verify_sources`): a changed artefact is refused with one line naming it.
 Into the MLflow run of `unirec train` (`metrics/train.json` / `<train.checkpoint_dir>/mlflow_run_id.txt`, see
 `evaluation.tracking.training_run_id`; else the run eval.json names; else a new run "register" in the
 dataset's experiment) it logs: the flattened effective params (keys already on the run are kept: MLflow
 params are immutable), the git commit (`mlflow.source.git.commit`, + `unirec.git_dirty`), the sha256 of
 `dvc.lock`, eval.json's figures (when `unirec evaluate` did not log them already), and eval.json plus the
-validation summary as artifacts under `reports/`. Then the pyfunc ("models from code":
+validation summary as artifacts under `reports/` — after the pyfunc ("models from code":
 components/registry/pyfunc_model.py, `code_paths` = the `components` package, the bundle of bundle.py as
 artifact, an explicit signature with the output columns and params task / k / query / objective / template_id
 but no input schema (the model validates request rows itself), an input example)
-is logged, loaded back through MLflow and asked the input example — a model that cannot answer is never
-registered — and a version of `registry.model_name` is created with alias `registry.challenger_alias`.
+was logged, loaded back through MLflow and asked the input example — a model that cannot answer is never
+registered. Then a version of `registry.model_name` is created with alias `registry.challenger_alias`.
+
+A registration that fails once the logged model exists deletes it (its files in the artifact store, then its
+record) and the run it created, so a failed attempt leaves no logged model behind.
 
 Idempotent: a version is identified by its fingerprint (bundle files, serving-relevant params, eval.json);
 registering an identical model again creates nothing and points the challenger alias at the existing version.
@@ -32,6 +37,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
@@ -39,7 +45,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from components.artifacts import read_json
 from components.config import Params
 from components.evaluation.tracking import experiment_id, flatten_metrics, training_run_id
-from components.registry.bundle import build_bundle, fingerprint
+from components.registry.bundle import build_bundle, fingerprint, verify_sources
 from components.registry.pyfunc_model import BUNDLE_ARTIFACT
 from components.registry.store import (FINGERPRINT_TAG, RegistryError, client_for, figure_tag, find_version,
                                        fluent_uri, git_state, optional_sha256, payload_figures, write_json)
@@ -183,28 +189,55 @@ def _log_provenance(params: Params, client: MlflowClient, run_id: str, payload: 
     return tags, notes
 
 
-def _log_and_check(params: Params, run_id: str, bundle: Path, fp: str) -> str:
-    """Log the pyfunc into `run_id`, load it back and answer the input example; returns the model URI."""
+def _log_and_check(params: Params, client: MlflowClient, run_id: str, bundle: Path, fp: str) -> tuple[str, str]:
+    """Log the pyfunc into `run_id`, load it back and answer the input example; → (model URI, logged model id).
+    On any failure the logged model is deleted before the error propagates."""
     frame, options = input_example(params)
     requirements = [f"{d}=={metadata.version(d)}" for d in REQUIREMENTS]
-    with fluent_uri(params), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN, python_model=str(PYFUNC_FILE), artifacts={BUNDLE_ARTIFACT: str(bundle)},
-            code_paths=[str(COMPONENTS_DIR)], signature=signature(params), input_example=(frame, options),
-            pip_requirements=requirements, metadata={"fingerprint": fp, "dataset": params.dataset.name})
-        try:
-            answer = mlflow.pyfunc.load_model(info.model_uri).predict(frame, params=options)
-        except Exception as exc:
-            raise RegistryError(f"the logged model {info.model_uri} cannot answer its input example: {exc}") from exc
-    if len(answer) == 0:
-        raise RegistryError(f"the logged model {info.model_uri} answered its input example with no rows")
-    return info.model_uri
+    run = client.get_run(run_id)
+    model_id = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME_IN_RUN, source_run_id=run_id,
+                                          params={**flatten_params(params), **run.data.params}).model_id
+    try:
+        with fluent_uri(params), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN, model_id=model_id, python_model=str(PYFUNC_FILE),
+                artifacts={BUNDLE_ARTIFACT: str(bundle)}, code_paths=[str(COMPONENTS_DIR)], signature=signature(params),
+                input_example=(frame, options), pip_requirements=requirements,
+                metadata={"fingerprint": fp, "dataset": params.dataset.name})
+            try:
+                answer = mlflow.pyfunc.load_model(info.model_uri).predict(frame, params=options)
+            except Exception as exc:
+                raise RegistryError(f"the logged model {info.model_uri} cannot answer its input example: "
+                                    f"{exc}") from exc
+        if len(answer) == 0:
+            raise RegistryError(f"the logged model {info.model_uri} answered its input example with no rows")
+    except BaseException:
+        _discard(params, client, model_id)
+        raise
+    return info.model_uri, model_id
+
+
+def _discard(params: Params, client: MlflowClient, model_id: str | None, run_id: str | None = None) -> None:
+    """Delete what a failed registration created: the logged model's files in the artifact store and its record,
+    and `run_id` (a run created for this attempt). Never raises: a failure here is logged and the original error
+    propagates."""
+    try:
+        if model_id is not None:
+            with fluent_uri(params):  # mlflow-artifacts:/ locations resolve through the tracking server
+                get_artifact_repository(client.get_logged_model(model_id).artifact_location).delete_artifacts()
+            client.delete_logged_model(model_id)
+        if run_id is not None:
+            client.delete_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the error that caused it
+        log.warning("could not delete the logged model %s of the failed registration (`mlflow gc` removes deleted "
+                    "models' files): %s", model_id, exc)
 
 
 def register_model(params: Params) -> RegisterReport:
-    """Log, check and register the trained model (see the module docstring); writes `registry.metrics_file`."""
+    """Check, log and register the trained model (see the module docstring); writes `registry.metrics_file`."""
     start = time.perf_counter()
     cfg = params.registry
+    verify_sources(params)
     client = client_for(params)
     payload, eval_path = _read_eval(params)
     run_id, notes = _find_run(params, client, payload), []
@@ -215,19 +248,25 @@ def register_model(params: Params) -> RegisterReport:
         fp = fingerprint(bundle, optional_sha256(eval_path) if payload is not None else None)
         existing = find_version(client, cfg.model_name, fp)
         if existing is None:
+            new_run = None
             if run_id is None:
-                run_id = _new_run(params, client)
+                run_id = new_run = _new_run(params, client)
                 notes.append("no training run found in the tracking store: logged into a new run 'register'")
             if payload is None:
                 notes.append(f"{params.evaluate.metrics_file} not found: registered without eval figures (the gate "
                              "refuses this version unless it is the first)")
-            provenance, more = _log_provenance(params, client, run_id, payload, eval_path)
-            notes += more
-            model_uri = _log_and_check(params, run_id, bundle, fp)
-            tags = {FINGERPRINT_TAG: fp, "unirec.run_id": run_id, **provenance,
-                    **{figure_tag(s): repr(v) for s, v in figures.items()}}
-            with fluent_uri(params):
-                version = mlflow.register_model(model_uri, cfg.model_name, tags=tags)
+            model_id = None
+            try:
+                model_uri, model_id = _log_and_check(params, client, run_id, bundle, fp)
+                provenance, more = _log_provenance(params, client, run_id, payload, eval_path)
+                notes += more
+                tags = {FINGERPRINT_TAG: fp, "unirec.run_id": run_id, **provenance,
+                        **{figure_tag(s): repr(v) for s, v in figures.items()}}
+                with fluent_uri(params):
+                    version = mlflow.register_model(model_uri, cfg.model_name, tags=tags)
+            except BaseException:
+                _discard(params, client, model_id, new_run)  # _log_and_check already discarded its own failure
+                raise
             number, created = str(version.version), True
         else:
             number, created, model_uri = str(existing.version), False, str(existing.source)

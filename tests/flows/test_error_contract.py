@@ -67,8 +67,9 @@ class Ctx:
 
     def experts(self, sasrec: bytes | None = None) -> Path:
         """A baselines folder: a real popularity vector, SASRec's chosen configuration and empty files of the other
-        names (`sasrec`: the bytes of sasrec.pt)."""
-        from components.evaluation.pipeline import BASELINE_FILES
+        names (`sasrec`: the bytes of sasrec.pt), recorded in its manifest (so the files are read, and fail there)."""
+        from components.baselines.store import BASELINE_FILES
+        from components.manifest import write_manifest
 
         folder = self.tmp / "copies" / "baselines"
         folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,7 @@ class Ctx:
         # a readable chosen configuration (SASRec's: the first expert loaded after popularity)
         sasrec_config = load_params(self.stack.project / "params.yaml").baselines.sasrec_recbole.model_dump()
         (folder / "chosen.json").write_text(json.dumps({"sasrec": sasrec_config}), encoding="utf-8")
+        write_manifest(folder, [folder / name for name in BASELINE_FILES], "baselines")
         return folder
 
     def garbage(self, name: str, content: bytes = b"\x00garbage, not what this file should hold\xff") -> str:
@@ -113,19 +115,22 @@ class Case:
 
 
 UNREADABLE = "unreadable (truncated or corrupt"
+CHANGED = "sha256 mismatch with"
+"""A file of a folder with a manifest (model, index, embeddings, experts) is refused by its sha256 before it is read."""
 
 
 def _truncated(name: str, command: str, copy: Callable[[Ctx], Path], rel: str, key: str, producer: str,
-               **outputs: object) -> Case:
+               expect: str = UNREADABLE, **outputs: object) -> Case:
     """A case whose input is a copy (of a data folder or the model) with the file `rel` cut to half: `key` points the
-    command at the copy; `outputs` (dotted key → name under tmp, or a callable of the Ctx) move its outputs to tmp."""
+    command at the copy; `outputs` (dotted key → name under tmp, or a callable of the Ctx) move its outputs to tmp;
+    `expect`: what the line says of the file (UNREADABLE, or CHANGED where a manifest records it)."""
     def broken(c: Ctx) -> dict[str, object]:
         folder = copy(c)
         truncate(folder / rel)
         return {key: str(folder), **{k: v(c) if callable(v) else c.out(str(v)) for k, v in outputs.items()}}
 
     named = "adapter" if rel.startswith("adapter/") else Path(rel).name  # PEFT loads (and we name) the folder
-    return Case(name, command, broken, (named, UNREADABLE, f"re-run `unirec {producer}`"), error="ArtifactError")
+    return Case(name, command, broken, (named, expect, f"re-run `unirec {producer}`"), error="ArtifactError")
 
 
 def data(folder: str) -> Callable[[Ctx], Path]:
@@ -134,6 +139,10 @@ def data(folder: str) -> Callable[[Ctx], Path]:
 
 def model(c: Ctx) -> Path:
     return c.model()
+
+
+def index(c: Ctx) -> Path:
+    return c.copy(c.stack.shared / "index", "index")
 
 
 EVALUATE_OUTPUTS: dict[str, object] = {"evaluate.report_file": "eval.html", "evaluate.plots_dir": "plots",
@@ -161,21 +170,23 @@ CASES: list[Case] = [
     _truncated("embed-items-truncated-item-text", "embed-items", data("examples"), "item_text.parquet",
                "paths.examples_dir", "textualize", **{"embed_items.out_dir": "embeddings"}),
     _truncated("train-truncated-embeddings", "train", data("embeddings"), "text.npy", "embed_items.out_dir",
-               "embed-items", **{"train.out_dir": "unirec", "train.checkpoint_dir": "checkpoints"}),
+               "embed-items", CHANGED, **{"train.out_dir": "unirec", "train.checkpoint_dir": "checkpoints"}),
     _truncated("select-gates-truncated-modules", "select-gates", model, "modules.safetensors", "train.out_dir",
-               "train", **{"select_gates.out_file": "gates.json", "select_gates.metrics_file": "m/gates.json"}),
+               "train", CHANGED,
+               **{"select_gates.out_file": "gates.json", "select_gates.metrics_file": "m/gates.json"}),
     _truncated("baselines-truncated-split", "baselines", data("splits"), "train.parquet", "paths.splits_dir",
                "split", **{"baselines.out_dir": "baselines", "baselines.metrics_file": "baselines.json"}),
-    _truncated("index-truncated-item-vectors", "index", model, "item_vectors.npy", "train.out_dir", "train",
+    _truncated("index-truncated-item-vectors", "index", model, "item_vectors.npy", "train.out_dir", "train", CHANGED,
                **{"index.out_dir": "index"}),
     _truncated("evaluate-truncated-modules", "evaluate", model, "modules.safetensors", "train.out_dir", "train",
-               **EVALUATE_OUTPUTS),
+               CHANGED, **EVALUATE_OUTPUTS),
     _truncated("evaluate-truncated-adapter", "evaluate", model, "adapter/adapter_model.safetensors", "train.out_dir",
-               "train", **EVALUATE_OUTPUTS),
+               "train", CHANGED, **EVALUATE_OUTPUTS),
     Case("evaluate-baseline-not-weights", "evaluate",
          lambda c: {**{k: v(c) if callable(v) else c.out(str(v)) for k, v in EVALUATE_OUTPUTS.items()},
                     "baselines.out_dir": str(c.experts(sasrec=NOT_WEIGHTS))},
          ("sasrec.pt", UNREADABLE, "re-run `unirec baselines`"), error="ArtifactError"),
+    _truncated("register-truncated-index", "register", index, "items.faiss", "index.out_dir", "index", CHANGED),
     Case("register-truncated-eval-json", "register",
          lambda c: {"evaluate.metrics_file": c.garbage("eval.json", TRUNCATED_JSON)},
          ("eval.json", UNREADABLE, "re-run `unirec evaluate`"), error="ArtifactError"),
@@ -189,7 +200,7 @@ CASES: list[Case] = [
     _truncated("benchmark-train-truncated-examples", "benchmark train", data("examples"), "next_item/train.parquet",
                "paths.examples_dir", "textualize"),
     _truncated("benchmark-retrieval-truncated-adapter", "benchmark retrieval", model,
-               "adapter/adapter_model.safetensors", "train.out_dir", "train"),
+               "adapter/adapter_model.safetensors", "train.out_dir", "train", CHANGED),
     Case("benchmark-serving-no-server", "benchmark serving", lambda c: {"paths.metrics_dir": c.out("metrics")},
          ("http://127.0.0.1:9", "no scoring server answers /ping", "mlflow models serve"), args=(
              "--url", "http://127.0.0.1:9"), error="ServingBenchError"),

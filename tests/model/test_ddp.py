@@ -71,7 +71,7 @@ def test_two_process_ddp_follows_the_one_process_trajectory(model_project: Path,
     for key in ("tokens", "examples", "batches"):  # throughput counts every rank's share of the global batch
         assert reports[0]["throughput"][key] == reports[1]["throughput"][key], key
     # rank 0 alone wrote the artefacts, the checkpoints and the MLflow run; the end states agree tensor by tensor
-    states = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    states = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
               for run in ("one", "two")]
     assert states[0].keys() == states[1].keys()
     for name, value in states[0].items():

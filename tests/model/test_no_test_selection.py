@@ -76,7 +76,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     for path in sorted(folder.rglob("*.npy")):
         out[str(path.relative_to(folder))] = torch.as_tensor(np.load(path))
     for path in sorted(folder.rglob("*.pt")):
-        out |= {f"{path.relative_to(folder)}:{k}": v for k, v in torch.load(path).items()}
+        out |= {f"{path.relative_to(folder)}:{k}": v for k, v in torch.load(path, weights_only=True).items()}
     return out
 
 

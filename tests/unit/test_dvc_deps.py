@@ -19,6 +19,7 @@ INFRASTRUCTURE = {
     "components/__init__.py",
     "components/config",  # parsing and validation of params.yaml (the values are the stages' `params` deps)
     "components/artifacts.py",  # readers that turn an unreadable file into one clear error
+    "components/manifest.py",  # the sha256 of a step's output files, recorded and checked (decides no figure)
     "components/utils.py",  # sha256_of
     "components/hardware.py",  # resolves `auto` precision / autocast from the machine
     "components/steps.py",  # the step registry
