@@ -15,7 +15,8 @@ the two ways of answering, the generative side must have been trained to answer:
   target tokens only (`UniversalRecModel.losses` of a text row). Test and validation rows are never read.
 
 The adapter is saved under ``benchmark.generator_dir`` with ``meta.json`` (steps, loss curve, seconds, and the
-sha256 of the model file it was trained on); `load_or_train` reuses it while that model is unchanged.
+sha256 of the model file it was trained on; MANIFEST.json holds the adapter files' sha256, checked before reuse);
+`load_or_train` reuses it while that model is unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from components.artifacts import reading
 from components.config import Params
+from components.manifest import verify_manifest, write_manifest
 from components.model.batching import collate
 from components.model.build import Built
 from components.model.data import examples_file
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 ADAPTER = "title"
 """Name of the title-generation adapter next to the model's own (`default`)."""
 MODEL_ADAPTER = "default"
+PRODUCER = "benchmark retrieval"
+"""The command that writes the adapter (named in integrity errors)."""
 
 
 def title_rows(params: Params, names: dict[int, str]) -> list[dict]:
@@ -119,7 +123,8 @@ def load_or_train(params: Params, built: Built, names: dict[int, str]) -> dict:
     if meta_file.is_file() and adapter.is_dir():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if all(meta.get(k) == v for k, v in fingerprint.items()):
-            with reading(adapter, "benchmark retrieval"):
+            verify_manifest(folder, PRODUCER, [ADAPTER])
+            with reading(adapter, PRODUCER):
                 built.model.llm.load_adapter(str(adapter), adapter_name=ADAPTER)
             built.model.llm.set_adapter(MODEL_ADAPTER)
             log.info("title adapter: reused %s (trained %d steps on this model)", adapter, meta["steps"])
@@ -128,6 +133,7 @@ def load_or_train(params: Params, built: Built, names: dict[int, str]) -> dict:
     record = {**fingerprint, **train_title_adapter(params, built, title_rows(params, names), fingerprint["steps"])}
     folder.mkdir(parents=True, exist_ok=True)
     built.model.llm.save_pretrained(str(folder), selected_adapters=[ADAPTER])
+    write_manifest(folder, [adapter], PRODUCER)
     meta_file.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
