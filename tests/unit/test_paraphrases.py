@@ -50,6 +50,15 @@ def test_three_valid_paraphrases_per_retrieval_task_worded_differently(registry)
     assert not {t.id for t in templates} & {t.id for t in registry.templates}
 
 
+def test_no_titled_history_before_the_objective_or_the_query(registry) -> None:
+    """Prompts are cut from the left at train.max_prompt_tokens: a long titled history written first would push the
+    words the steering tests change out of the prompt."""
+    for t in load_paraphrases(PARAPHRASES, registry):
+        for field in ("{objective}", "{query}"):
+            if field in t.template and "{history_titles}" in t.template:
+                assert t.template.index("{history_titles}") < t.template.index(field), t.id
+
+
 def _write(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load(PARAPHRASES.read_text(encoding="utf-8"))
     mutate(raw)
