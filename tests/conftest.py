@@ -35,7 +35,8 @@ def params_in(folder: Path, overrides: dict[str, object] | None = None, dataset_
         target = folder / "data" / "raw" / "tiny"
         if not target.exists():
             shutil.copytree(dataset_dir, target)
-    merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"), **(overrides or {})}
+    merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
+              "evaluate.steering.paraphrase_templates": str(REPO / "prompts" / "paraphrases.yaml"), **(overrides or {})}
     return load_params(folder / "params.yaml", merged)
 
 

@@ -68,6 +68,7 @@ from components.config.ops import (
     OrchestrationParams,
     RegistryParams,
     ServingParams,
+    SteeringParams,
 )
 from components.config.params import (
     Params,
@@ -120,6 +121,7 @@ __all__ = [
     "SelectGatesParams",
     "ServingParams",
     "SplitParams",
+    "SteeringParams",
     "TASKS",
     "TextualizeParams",
     "TinyBackboneParams",

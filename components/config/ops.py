@@ -16,6 +16,16 @@ class MlflowParams(_Strict):
     artifact_root: str = "mlruns"
 
 
+class SteeringParams(_Strict):
+    """`evaluate.steering`: the steering tests of eval.json (components/evaluation/steering.py)."""
+
+    enabled: bool
+    users: int | None = Field(ge=1)
+    seed_offset: int
+    paraphrase_templates: str = Field(min_length=1)
+    paraphrase_min_ratio: float = Field(gt=0.0)
+
+
 class EvaluateParams(_Strict):
     split: Literal["valid", "test"]
     users_per_task: dict[str, int | None]
@@ -33,6 +43,7 @@ class EvaluateParams(_Strict):
     bootstrap_resamples: int = Field(ge=1)
     bootstrap_seed_offset: int
     ablations: list[Literal["llm_off", "history_off", "neighbours_off", "id_modality_off"]]
+    steering: SteeringParams
 
     _autocast = field_validator("autocast_bf16", mode="after")(lambda v: resolve_autocast(v))
     metrics_file: str

@@ -6,6 +6,7 @@ all items with the user's earlier items excluded). `metrics` holds the pure metr
 all), each user on one seen and one unseen template in rotation (`rows.rotate_templates`), the expert
 baselines on the same users and rows, and writes eval.json, the plot CSVs and the HTML report (see `pipeline.py`). Modules: `rows` (inputs, user subsets, ranking of rows),
 `universal` (model predictions), `experts` (baselines), `scoring` (rows → metrics, the one evaluator),
+`steering` / `steering_rows` (do the prompt's objective, query and wording steer the model),
 `report` (HTML, plot CSVs), `tracking` (MLflow). The heavy modules load on first use, so importing
 `components.evaluation.metrics` stays cheap.
 """

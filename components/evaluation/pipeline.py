@@ -4,7 +4,8 @@ Runs the trained universal model on every task for its users (`evaluate.users_pe
 user on its assigned seen and unseen templates (`evaluate.seen_templates_per_user`; default one of each kind, in
 rotation), its inference-time ablations (`evaluate.ablations`) on the seen-template rows, and the expert
 baselines on the same users and rows (and on the validation rows, to choose each task's best expert); then the
-paired bootstrap over users of every model-vs-expert and ablated-vs-full difference (scoreboard.py). Writes
+paired bootstrap over users of every model-vs-expert and ablated-vs-full difference (scoreboard.py) and the steering
+tests (`evaluate.steering`: objective swap, query swap, paraphrased templates; steering.py). Writes
 `evaluate.metrics_file` (eval.json), the per-user scores under `evaluate.per_user_dir`, the plot CSVs under
 `evaluate.plots_dir` and the HTML report `evaluate.report_file`; figures and files are logged to MLflow
 (the training run when known).
@@ -31,6 +32,7 @@ from components.evaluation.scoring import (MetricContext, by_kind, by_template, 
                                            task_metrics)
 from components.evaluation.tracking import log_evaluation, open_run
 from components.evaluation.scoreboard import best_experts, scoreboard, seen_rows
+from components.evaluation.steering import run_steering, summary_lines
 from components.evaluation.universal import SET_OUT_TASKS, needs_decoder, predict_views
 from components.manifest import verify_manifest
 from components.model.ablations import FULL, SHARES_DECODER, ablation
@@ -72,6 +74,15 @@ CONVENTIONS = {
     "ablations": "the same loaded model with one part switched off at inference (components/model/ablations.py), "
                  "on the seen-template rows; diff = ablated - full, paired bootstrap as for comparisons",
     "best_expert": "per task, the expert with the best headline metric on the VALIDATION rows (never test)",
+    "steering": "the same model on the evaluated users' seen-template rows, each re-rendered on the same instance with "
+                "one change (components/evaluation/steering.py); paired bootstrap over users as for comparisons. "
+                "objective_swap (multi_objective): liked targets (rating >= like_threshold) diff = NDCG(like prompt) - "
+                "NDCG(watch prompt), not-liked diff = watch - like; holds = both intervals above 0. query_swap: diff = "
+                "HR(true query) - HR(query of a user whose target shares no genre); holds = interval above 0. "
+                "paraphrase[task]: headline metric of the held-out paraphrased templates "
+                "(evaluate.steering.paraphrase_templates, one per user in rotation) vs the seen ones, ratio = "
+                "paraphrased / seen, diff = paraphrased - seen; holds = ratio >= paraphrase_min_ratio. gate = the "
+                "task's selected gate: at 0 the prompt cannot change the answer (diff 0)",
 }
 
 
@@ -99,6 +110,7 @@ class EvalReport:
                 rec = per[best]
                 lines.append(f"  {task}: unirec − {best} (best on validation) {rec['metric']} {rec['diff']:+.4f} "
                              f"[{rec['ci95'][0]:+.4f}, {rec['ci95'][1]:+.4f}] {rec['verdict']}")
+        lines += summary_lines(self.payload.get("steering"))
         lines += [f"  {k}: {v}" for k, v in self.files.items()]
         return "\n".join(lines)
 
@@ -226,6 +238,10 @@ def evaluate(params: Params) -> EvalReport:
                                 generation_batch_size=cfg.generation_batch_size)
     model_rows, ablated, seconds = run_model(built, data, inference, list(cfg.ablations))
     t0 = time.perf_counter()
+    steering, steering_tasks = run_steering(params, data, model_rows, built, inference) if cfg.steering.enabled \
+        else (None, {})
+    steering_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     seed = params.seed + cfg.seed_offset
     expert = expert_rows(experts, data, cfg.top_k, seed)
     best, valid_figures = best_experts(expert_rows(experts, _validation_data(params), cfg.top_k, seed), ctx)
@@ -244,9 +260,12 @@ def evaluate(params: Params) -> EvalReport:
                           "generation": "greedy after [LM], batched (left padding), "
                                         + ("bf16 autocast" if cfg.autocast_bf16 else "float32")},
             "bootstrap": {"resamples": cfg.bootstrap_resamples, "seed": params.seed + cfg.bootstrap_seed_offset},
-            "wall_seconds": {"load": loaded - start, **seconds, "baselines": baseline_s, "bootstrap": bootstrap_s}}
+            "wall_seconds": {"load": loaded - start, **seconds, "baselines": baseline_s, "bootstrap": bootstrap_s,
+                             "steering": steering_s, "steering_tasks": steering_tasks}}
     payload = build_payload(params.dataset.name, data, model_rows, expert, ctx, meta)
     payload.update(comparisons=comparisons, ablations=ablations, best_expert=best, best_expert_valid=valid_figures)
+    if steering is not None:
+        payload["steering"] = steering
     per_user_dir = params.resolve(cfg.per_user_dir)
     per_user_dir.mkdir(parents=True, exist_ok=True)
     for task, frame in per_user.items():

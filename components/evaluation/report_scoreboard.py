@@ -4,6 +4,8 @@
   paired-bootstrap interval and verdict, and an interval strip per difference (0 marked);
 * one chart of every ablation: the change of the headline metric (ablated − full) relative to the full model, with
   its 95 % interval, per task and variant;
+* the steering tests (eval.json `steering`): objective swap, query swap and paraphrased templates, one row per
+  test with both sides, the difference, its 95 % interval and the criterion it is read against;
 * seen vs unseen templates per task;
 * the experts' validation curves from the `baselines` step's training record (`baselines.metrics_file`).
 """
@@ -97,6 +99,52 @@ def ablation_chart(payload: dict[str, Any]) -> str:
     return "".join(parts) + "</svg>"
 
 
+def _steer_row(test: str, rec: dict[str, Any], a: str, b: str, criterion: str, holds: object) -> str:
+    cut = f"{rec['pairs_cut']} / {rec['pairs']}" if "pairs" in rec else "–"
+    if not rec.get("users"):
+        return (f"<tr><td>{html.escape(test)}</td><td>{html.escape(rec.get('metric', ''))}</td>"
+                f"<td>{rec.get('gate', float('nan')):g}</td><td>0</td><td colspan=\"5\">no user</td><td>{cut}</td>"
+                "<td>–</td></tr>")
+    lo, hi = rec["ci95"]
+    mark, word = {True: (VERDICT_STYLE["beats"], "yes"), False: (VERDICT_STYLE["loses"], "no")}.get(
+        holds, (VERDICT_STYLE["ties"], "–"))  # type: ignore[call-overload]
+    return (f"<tr><td>{html.escape(test)}</td><td>{html.escape(rec['metric'])}</td><td>{rec['gate']:g}</td>"
+            f"<td>{rec['users']}</td><td>{html.escape(a)} {rec[a]:.4f}</td><td>{html.escape(b)} {rec[b]:.4f}</td>"
+            f"<td>{_num(rec['diff'])} [{_num(lo)}, {_num(hi)}]</td><td>{interval_strip(rec['diff'], lo, hi)}</td>"
+            f"<td>{cut}</td><td>{html.escape(criterion)}</td><td><span style=\"{mark}\">{word}</span></td></tr>")
+
+
+def steering_table(payload: dict[str, Any]) -> str:
+    """One table of the steering tests: the two sides, diff = first − second with its 95 % paired interval, the
+    criterion and whether it holds; a task at gate 0 cannot be steered by its prompt (diff 0)."""
+    st = payload.get("steering")
+    if not st:
+        return "<p class=\"muted\">No steering tests (evaluate.steering.enabled is false).</p>"
+    rows = []
+    obj = st.get("objective_swap")
+    if obj:
+        rows.append(_steer_row("objective swap, liked targets", {**obj["liked"], "metric": obj["metric"],
+                               "gate": obj["gate"]}, "like", "watch", "interval > 0", obj["liked"]["holds"]))
+        rows.append(_steer_row("objective swap, not-liked targets", {**obj["not_liked"], "metric": obj["metric"],
+                               "gate": obj["gate"]}, "watch", "like", "interval > 0", obj["not_liked"]["holds"]))
+    if st.get("query_swap"):
+        q = st["query_swap"]
+        rows.append(_steer_row("query swap (genre-disjoint donor)", q, "true", "swapped", "interval > 0", q["holds"]))
+    minimum = st.get("meta", {}).get("paraphrase_min_ratio", float("nan"))
+    for task in (t for t in TASKS if t in st.get("paraphrase", {})):
+        rec = st["paraphrase"][task]
+        ratio = "–" if rec.get("ratio") is None else f"{rec['ratio']:.3f}"
+        rows.append(_steer_row(f"paraphrase, {task}", rec, "paraphrased", "seen", f"ratio {ratio} >= {minimum:g}",
+                               rec["holds"]))
+    note = ("<p class=\"muted\">diff = first − second prompt on the same users and instances, 95 % paired bootstrap "
+            "over users. A gate of 0 (select-gates) means the task's answer ignores the prompt's words: its diff is 0 "
+            "by construction, not evidence either way. cut = prompt pairs whose changed words fell to the left cut at "
+            "train.max_prompt_tokens (both encode to the same tokens) / all pairs.</p>")
+    return (f"{note}<table><tr><th>test</th><th>metric</th><th>gate</th><th>users</th><th>first</th><th>second</th>"
+            f"<th>diff [95 % CI]</th><th>interval</th><th>cut</th><th>criterion</th><th>holds</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
 def seen_unseen_table(payload: dict[str, Any], top_k: int) -> str:
     rows = []
     for task in (t for t in TASKS if t in payload.get("model", {})):
@@ -148,5 +196,6 @@ def scoreboard_sections(payload: dict[str, Any], top_k: int, curves: dict[str, A
             + "</p>")
     return (f"<h2>Model vs best expert vs popularity (95 % intervals)</h2>{note}{comparison_table(payload, top_k)}"
             f"<h2>Ablations</h2>{ablation_chart(payload)}"
+            f"<h2>Steering tests (95 % intervals)</h2>{steering_table(payload)}"
             f"<h2>Seen vs unseen templates</h2>{seen_unseen_table(payload, top_k)}"
             f"<h2>Experts' validation curves</h2>{curves_section(curves)}")

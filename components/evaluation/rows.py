@@ -48,6 +48,12 @@ def sample_users(eligible: Sequence[int] | np.ndarray, n: int | None, priority: 
     return np.sort(users[np.argsort(priority[users], kind="stable")[:n]])
 
 
+def user_priority(params: Params, n_users: int) -> np.ndarray:
+    """`(n_users,)` evaluate's seeded user order: `priority[user]` is the user's rank (seed + evaluate.seed_offset),
+    behind every user subset (`sample_users`) and template rotation (`rotate_templates`)."""
+    return np.random.default_rng(params.seed + params.evaluate.seed_offset).permutation(n_users)
+
+
 def rotate_templates(frame: pd.DataFrame, rank: np.ndarray, per_kind: dict[str, int | None]) -> pd.DataFrame:
     """The rows of `frame` whose template is one of its user's assigned templates: for each template kind
     (seen / unseen) with `n = per_kind[kind]`, the user of rank `r` (`rank[user]`, a seeded order) gets the kind's
@@ -185,7 +191,7 @@ def load_eval_data(params: Params) -> EvalData:
     cold = cold[cold["role"].isin(["extra", "valid"] if cfg.split == "test" else ["extra"])]
     items = pd.read_parquet(table_path(params.resolve(params.paths.canonical_dir), "items"), columns=["categories"])
     genres = sorted({str(c) for cats in items["categories"] if cats is not None for c in cats if str(c).strip()})
-    priority = np.random.default_rng(params.seed + cfg.seed_offset).permutation(data.n_users)
+    priority = user_priority(params, data.n_users)
     frames, eligible = {}, {}
     for task, frame in load_examples(examples, TASKS, cfg.split).items():
         eligible[task] = int(frame["user_idx"].nunique())

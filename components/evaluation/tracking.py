@@ -3,7 +3,9 @@
 Metric names are MLflow-legal (`@` is not allowed): ``eval.<task>.<metric>`` (seen templates),
 ``eval_unseen.<task>.<metric>``, ``eval_baseline.<expert>.<task>.<metric>`` and
 ``eval_sensitivity.<task>.<mean|std|min|max>``, ``cmp.<task>.<expert>.<diff|ci_lo|ci_hi|model|expert>`` (model vs
-expert, paired bootstrap) and ``abl.<variant>.<task>.<diff|ci_lo|ci_hi|full|ablated>`` (ablations), with ``@k`` written ``_at_k`` and ``/`` as ``.``
+expert, paired bootstrap), ``abl.<variant>.<task>.<diff|ci_lo|ci_hi|full|ablated>`` (ablations) and
+``steer.<objective_swap.liked|objective_swap.not_liked|query_swap|paraphrase.<task>>.<diff|ci_lo|ci_hi|ratio>`` (the
+steering tests), with ``@k`` written ``_at_k`` and ``/`` as ``.``
 (``like/ndcg@10`` → ``like.ndcg_at_10``). eval.json and eval.html are logged as artifacts.
 """
 
@@ -58,7 +60,20 @@ def flatten_metrics(payload: dict[str, Any]) -> dict[str, float]:
     for variant, per_task in payload.get("ablations", {}).items():
         for task, rec in per_task.items():
             put(("abl", variant, task), _interval(rec))
+    for name, rec in _steering_records(payload.get("steering") or {}).items():
+        if rec.get("ci95"):
+            put(("steer", name), {"diff": rec["diff"], "ci_lo": rec["ci95"][0], "ci_hi": rec["ci95"][1],
+                                  **({"ratio": rec["ratio"]} if rec.get("ratio") is not None else {})})
     return out
+
+
+def _steering_records(steering: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The paired records of eval.json `steering` by MLflow name part."""
+    out = {f"objective_swap.{g}": steering["objective_swap"][g] for g in ("liked", "not_liked")
+           if "objective_swap" in steering}
+    if "query_swap" in steering:
+        out["query_swap"] = steering["query_swap"]
+    return {**out, **{f"paraphrase.{task}": rec for task, rec in steering.get("paraphrase", {}).items()}}
 
 
 def _interval(rec: dict[str, Any]) -> dict[str, Any]:
