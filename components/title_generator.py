@@ -104,6 +104,9 @@ def train_title_adapter(params: Params, built: Built, rows: list[dict], steps: i
         scheduler.step()
         if step % max(1, cfg.log_every_n_steps) == 0 or step == steps - 1:
             curve.append([step + 1, float(loss.detach())])
+        if (step + 1) % max(1, cfg.val_check_interval) == 0:  # a log line per validation interval (no TTY: no bar)
+            log.info("title adapter: step %d/%d, loss %.3f, %.0f s", step + 1, steps, float(loss.detach()),
+                     time.perf_counter() - start)
     seconds = time.perf_counter() - start
     for p in trainable:
         p.requires_grad_(False)
