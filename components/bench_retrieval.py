@@ -18,7 +18,9 @@ items are all seen is unreachable), which costs O(seen items × title tokens) pe
 Latency per user covers prompt encoding → K item ids; the index, the trie and the switch between the two
 adapters are outside the timer. The two sides are timed interleaved (user 1 set-out, user 1 beam, user 2
 set-out, ...), so the speed-up is a paired ratio that a drifting shared CPU does not bias. Quality: HR@K and
-NDCG@K of the test item on both sides. Writes ``<paths.metrics_dir>/bench_retrieval.json``.
+NDCG@K of the test item on both sides, and their paired difference (set-out − beam) with a 95 % bootstrap interval
+over the users (`evaluate.bootstrap_resamples`, seed + `evaluate.bootstrap_seed_offset`). Writes
+``<paths.metrics_dir>/bench_retrieval.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from components.bench_train import item_names
 from components.config import Params
+from components.evaluation.bootstrap import UserScores, paired_bootstrap, verdict
 from components.model.batching import Batch, collate
 from components.model.build import load_trained
 from components.model.data import examples_file
@@ -213,10 +216,29 @@ def _timed_pairs(rows: list[dict], sides: Sequence[Callable[[dict], list[int]]],
     return out
 
 
+def _per_user(results: list[list[int]], targets: list[int], k: int) -> dict[str, np.ndarray]:
+    """`{hr@k, ndcg@k}` → `(U,)` per-user terms (1 / log2(rank + 1) within K for NDCG)."""
+    hits = np.array([t in r[:k] for r, t in zip(results, targets)], dtype=np.float64)
+    gains = np.array([1.0 / np.log2(r[:k].index(t) + 2) if t in r[:k] else 0.0 for r, t in zip(results, targets)])
+    return {f"hr@{k}": hits, f"ndcg@{k}": gains}
+
+
+def paired_comparison(a: dict[str, np.ndarray], b: dict[str, np.ndarray], users: np.ndarray, resamples: int,
+                      seed: int) -> dict[str, dict]:
+    """Per metric `{a, b, diff = a − b, ci95, users, verdict}`: paired bootstrap over the benchmark's users."""
+    out = {}
+    for metric in a:
+        one = [UserScores(metric, users, v, np.ones(len(users), dtype=np.int64)) for v in (a[metric], b[metric])]
+        res = paired_bootstrap(one[0], one[1], resamples, seed)
+        out[metric] = {"set_out": res["a"], "beam": res["b"], "diff": res["diff"], "ci95": res["ci95"],
+                       "users": res["users"], "verdict": verdict(*res["ci95"], lower_is_better=False)}
+    return out
+
+
 def _side(results: list[list[int]], seconds: list[float], targets: list[int], k: int) -> dict:
     ms = np.asarray(seconds) * 1000.0
-    hits = [t in r[:k] for r, t in zip(results, targets)]
-    gains = [1.0 / np.log2(r[:k].index(t) + 2) if t in r[:k] else 0.0 for r, t in zip(results, targets)]
+    per_user = _per_user(results, targets, k)
+    hits, gains = per_user[f"hr@{k}"], per_user[f"ndcg@{k}"]
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean()), "users_per_s": len(ms) / float(np.sum(seconds)),
             f"hr@{k}": float(np.mean(hits)), f"ndcg@{k}": float(np.mean(gains)),
@@ -292,6 +314,12 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
                    "set_out": [names[i] for i in set_results[0]], "beam": [names[i] for i in beam_results[0]]},
     })
     result["speedup_p50"] = result["beam"]["p50_ms"] / result["set_out"]["p50_ms"]
+    users = np.array([int(r["user_idx"]) for r in rows], dtype=np.int64)
+    order = np.argsort(users)
+    result["comparison"] = paired_comparison(
+        {m: v[order] for m, v in _per_user(set_results, targets, k).items()},
+        {m: v[order] for m, v in _per_user(beam_results, targets, k).items()}, users[order],
+        params.evaluate.bootstrap_resamples, params.seed + params.evaluate.bootstrap_seed_offset)
     out = params.resolve(params.paths.metrics_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_retrieval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

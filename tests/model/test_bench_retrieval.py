@@ -113,6 +113,11 @@ def test_benchmark_writes_json_with_positive_latencies(trained) -> None:
     assert written["beam"]["complete_sequence_fraction"] == 1.0
     assert len(written["sample"]["set_out"]) == len(written["sample"]["beam"]) == k
     assert 0.0 <= written["beam"][f"ndcg@{k}"] <= written["beam"][f"hr@{k}"]
+    for metric in (f"hr@{k}", f"ndcg@{k}"):
+        rec = written["comparison"][metric]
+        assert rec["users"] == 3 and rec["set_out"] == pytest.approx(written["set_out"][metric])
+        assert rec["diff"] == pytest.approx(written["set_out"][metric] - written["beam"][metric])
+        assert rec["ci95"][0] <= rec["diff"] <= rec["ci95"][1] and rec["verdict"] in ("beats", "ties", "loses")
     adapter = written["beam"]["adapter"]
     assert adapter["steps"] == 4 and adapter["rows"] > 0 and len(written["beam"]["adapter_loss_curve"]) >= 2
     assert "benchmark retrieval" in result.summary()
@@ -120,6 +125,7 @@ def test_benchmark_writes_json_with_positive_latencies(trained) -> None:
     stamp = meta.stat().st_mtime_ns
     again = benchmark_retrieval(params)  # the trained adapter is reused, not retrained
     assert meta.stat().st_mtime_ns == stamp and again["beam"]["adapter"] == adapter
+    assert again["comparison"] == written["comparison"]  # same users, same items, same draws
 
 
 def test_title_adapter_learns_its_rows_and_leaves_the_model_untouched(trained) -> None:
@@ -146,3 +152,19 @@ def test_title_adapter_learns_its_rows_and_leaves_the_model_untouched(trained) -
     assert all(torch.equal(after[n], p) for n, p in before.items())  # ... and all that changed
     with torch.no_grad():
         assert torch.equal(model.hidden_states(batch), states)  # the model's own adapter is active again
+
+
+def test_paired_comparison_of_the_two_sides_by_hand() -> None:
+    import numpy as np
+
+    from components.bench_retrieval import paired_comparison
+
+    users = np.arange(4)
+    a = {"hr@10": np.array([1.0, 1.0, 1.0, 0.0]), "ndcg@10": np.array([1.0, 0.5, 0.0, 0.0])}
+    same = paired_comparison(a, a, users, 200, 0)
+    assert all(r["diff"] == 0.0 and r["ci95"] == [0.0, 0.0] and r["verdict"] == "ties" for r in same.values())
+    b = {"hr@10": np.zeros(4), "ndcg@10": np.zeros(4)}
+    out = paired_comparison(a, b, users, 200, 0)
+    assert out["hr@10"]["diff"] == pytest.approx(0.75) and out["ndcg@10"]["diff"] == pytest.approx(0.375)
+    assert out["hr@10"]["set_out"] == pytest.approx(0.75) and out["hr@10"]["beam"] == 0.0 and out["hr@10"]["users"] == 4
+    assert 0.0 <= out["hr@10"]["ci95"][0] <= 0.75 <= out["hr@10"]["ci95"][1] <= 1.0
