@@ -26,6 +26,12 @@ TINY_OVERRIDES: dict[str, object] = {
     "backbone.num_layers": None,  # the tiny test Llama has its own depth (backbone.tiny.num_layers)
 }
 
+PROMPT_FILES: dict[str, object] = {
+    "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
+    "evaluate.steering.paraphrase_templates": str(REPO / "prompts" / "paraphrases.yaml"),
+}
+"""The repository's prompt files, for a project copied to a temporary folder (params name them relative)."""
+
 
 def params_in(folder: Path, overrides: dict[str, object] | None = None, dataset_dir: Path | None = TINY) -> Params:
     """Params from the real params.yaml copied into `folder` (so every output lands there), shrunk by
@@ -35,8 +41,7 @@ def params_in(folder: Path, overrides: dict[str, object] | None = None, dataset_
         target = folder / "data" / "raw" / "tiny"
         if not target.exists():
             shutil.copytree(dataset_dir, target)
-    merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
-              "evaluate.steering.paraphrase_templates": str(REPO / "prompts" / "paraphrases.yaml"), **(overrides or {})}
+    merged = {**TINY_OVERRIDES, **PROMPT_FILES, **(overrides or {})}
     return load_params(folder / "params.yaml", merged)
 
 

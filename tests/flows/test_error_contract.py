@@ -30,7 +30,7 @@ import yaml
 from typer.testing import CliRunner
 
 from components.config import load_params
-from tests.conftest import REPO, TINY_OVERRIDES
+from tests.conftest import PROMPT_FILES, REPO, TINY_OVERRIDES
 from tests.flows.registry_stack import Stack, shared_stack
 from unirec.cli import app
 
@@ -232,7 +232,7 @@ def _sets(overrides: dict[str, object]) -> list[str]:
 
 def _argv(case: Case, stack: Stack, tmp: Path) -> list[str]:
     ctx = Ctx(stack, tmp)
-    overrides = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
+    overrides = {**TINY_OVERRIDES, **PROMPT_FILES,
                  **stack.overrides(tmp / "out"), "paths.reports_dir": str(tmp / "out" / "reports"), **case.broken(ctx)}
     args = list(case.args(ctx) if callable(case.args) else case.args)
     if not case.params:

@@ -35,11 +35,11 @@ from flows.champion_eval import champion_eval
 from flows.fingerprint import path_digest, record_path
 from flows.pipeline import PipelineFailed, unirec_pipeline
 from flows.plan import ORDER, build_plan, downstream
-from tests.conftest import REPO, TINY, TINY_OVERRIDES
+from tests.conftest import PROMPT_FILES, REPO, TINY, TINY_OVERRIDES
 from tests.model.conftest import TINY_MODEL
 from tests.model.conftest import FAST_EXPERTS, USERS
 
-OVERRIDES: dict[str, Any] = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
+OVERRIDES: dict[str, Any] = {**TINY_OVERRIDES, **PROMPT_FILES,
                              **TINY_MODEL, **FAST_EXPERTS, "evaluate.users_per_task": USERS,
                              "evaluate.batch_size": 8, "evaluate.max_new_tokens": 4, "evaluate.num_threads": 1,
                              "baselines.num_threads": 1, "embed_items.batch_size": 16}

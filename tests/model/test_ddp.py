@@ -31,7 +31,7 @@ from components.model.batching import pool_positives
 from components.model.build import build_model
 from components.model.data import MixtureBatches, encode_frames, load_examples
 from components.train import train
-from tests.conftest import REPO, TINY_OVERRIDES
+from tests.conftest import PROMPT_FILES, REPO, TINY_OVERRIDES
 from tests.model.conftest import TINY_MODEL
 
 EXACT = {"train.max_steps": 8, "train.precision": "32-true", "lora.dropout": 0.0, "model.modality_dropout": 0.0,
@@ -40,7 +40,7 @@ EXACT = {"train.max_steps": 8, "train.precision": "32-true", "lora.dropout": 0.0
 
 
 def _cli_train(project: Path, out: Path, overrides: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    merged = {**TINY_OVERRIDES, "textualize.registry": str(REPO / "prompts" / "registry.yaml"), **TINY_MODEL, **EXACT,
+    merged = {**TINY_OVERRIDES, **PROMPT_FILES, **TINY_MODEL, **EXACT,
               "train.out_dir": str(out / "unirec"), "train.checkpoint_dir": str(out / "checkpoints"),
               "paths.metrics_dir": str(out / "metrics"), "mlflow.tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
               **overrides}
