@@ -26,6 +26,26 @@ TINY_OVERRIDES: dict[str, object] = {
     "backbone.num_layers": None,  # the tiny test Llama has its own depth (backbone.tiny.num_layers)
 }
 
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_restored_per_module():
+    """MLflow's fluent tracking / registry URIs (and the MLFLOW_*_URI variables `mlflow.set_*_uri` export) as they
+    were before the module: a module that points MLflow at its own server must not send a later module's calls
+    (or the servers it starts, which inherit the environment) to that server."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: os.environ.get(k) for k in keys}
+    held = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    yield
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    tracking_utils._tracking_uri, registry_utils._registry_uri = held
+
+
 PROMPT_FILES: dict[str, object] = {
     "textualize.registry": str(REPO / "prompts" / "registry.yaml"),
     "evaluate.steering.paraphrase_templates": str(REPO / "prompts" / "paraphrases.yaml"),
