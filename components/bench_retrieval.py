@@ -235,9 +235,8 @@ def paired_comparison(a: dict[str, np.ndarray], b: dict[str, np.ndarray], users:
     return out
 
 
-def _side(results: list[list[int]], seconds: list[float], targets: list[int], k: int) -> dict:
+def _side(results: list[list[int]], seconds: list[float], per_user: dict[str, np.ndarray], k: int) -> dict:
     ms = np.asarray(seconds) * 1000.0
-    per_user = _per_user(results, targets, k)
     hits, gains = per_user[f"hr@{k}"], per_user[f"ndcg@{k}"]
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean()), "users_per_s": len(ms) / float(np.sum(seconds)),
@@ -291,14 +290,15 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
             rows, (set_out, beam), cfg.retrieval_warmup, "set-out + beam",
             prepare=(lambda: llm.set_adapter(MODEL_ADAPTER), lambda: llm.set_adapter(ADAPTER)))
     llm.set_adapter(MODEL_ADAPTER)
+    set_hits, beam_hits = _per_user(set_results, targets, k), _per_user(beam_results, targets, k)
     result = RetrievalBenchmark({
         "users": len(rows), "k": k, "template": cfg.retrieval_template, "warmup": cfg.retrieval_warmup,
         "threads": torch.get_num_threads(), "precision": params.train.precision,
         "backbone_layers": built.backbone.num_layers, "n_items": model.n_items,
         "prompt_tokens_mean": float(np.mean([len(encode_example(r, tok, spec).input_ids) for r in rows])),
-        "set_out": {**_side(set_results, set_seconds, targets, k), "index_kind": params.index.kind,
+        "set_out": {**_side(set_results, set_seconds, set_hits, k), "index_kind": params.index.kind,
                     "index_build_s": index_build_s},
-        "beam": {**_side(beam_results, beam_seconds, targets, k), "num_beams": k,
+        "beam": {**_side(beam_results, beam_seconds, beam_hits, k), "num_beams": k,
                  "max_new_tokens": cfg.retrieval_max_new_tokens, "longest_title_tokens": max(lengths),
                  "titles_longer_than_max_new_tokens": sum(n > cfg.retrieval_max_new_tokens for n in lengths),
                  "trie_build_s": trie_build_s,
@@ -317,8 +317,7 @@ def benchmark_retrieval(params: Params) -> RetrievalBenchmark:
     users = np.array([int(r["user_idx"]) for r in rows], dtype=np.int64)
     order = np.argsort(users)
     result["comparison"] = paired_comparison(
-        {m: v[order] for m, v in _per_user(set_results, targets, k).items()},
-        {m: v[order] for m, v in _per_user(beam_results, targets, k).items()}, users[order],
+        {m: v[order] for m, v in set_hits.items()}, {m: v[order] for m, v in beam_hits.items()}, users[order],
         params.evaluate.bootstrap_resamples, params.seed + params.evaluate.bootstrap_seed_offset)
     out = params.resolve(params.paths.metrics_dir)
     out.mkdir(parents=True, exist_ok=True)

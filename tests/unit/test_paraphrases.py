@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components.config import load_params
 from components.textualize.paraphrase import load_paraphrases
 from components.textualize.registry import SET_OUT_TASKS, TASK_FIELDS, RegistryError, load_registry
 from tests.conftest import REPO
+from tests.unit.yaml_edits import mutated_copy, set_template
 
 PARAPHRASES = REPO / "prompts" / "paraphrases.yaml"
 
@@ -60,17 +60,10 @@ def test_no_titled_history_before_the_objective_or_the_query(registry) -> None:
 
 
 def _write(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(PARAPHRASES.read_text(encoding="utf-8"))
-    mutate(raw)
-    path = tmp_path / "paraphrases.yaml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    return path
+    return mutated_copy(PARAPHRASES, tmp_path, mutate)
 
 
-def _set(index: int, key: str, value):
-    def mutate(raw):
-        raw["templates"][index][key] = value
-    return mutate
+_set = set_template
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -19,6 +19,7 @@ from components.textualize.registry import (SET_OUT_TASKS, TASK_FIELDS, Registry
                                             placeholders_in, template_fields)
 from components.textualize.tasks import rating_answer
 from components.textualize.text import item_name, item_text, make_query, top_genres, user_profile
+from tests.unit.yaml_edits import mutated_copy, set_template
 
 REGISTRY = Path(__file__).resolve().parents[2] / "prompts" / "registry.yaml"
 
@@ -64,17 +65,10 @@ def test_unseen_templates_are_genuinely_different_phrasings(registry):
 
 
 def _write(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(REGISTRY.read_text(encoding="utf-8"))
-    mutate(raw)
-    path = tmp_path / "registry.yaml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    return path
+    return mutated_copy(REGISTRY, tmp_path, mutate)
 
 
-def _set(index: int, key: str, value):
-    def mutate(raw):
-        raw["templates"][index][key] = value
-    return mutate
+_set = set_template
 
 
 @pytest.mark.parametrize("mutate, message", [
